@@ -1,0 +1,43 @@
+# make run   : installs what is needed (venv, requirements, Fashion-MNIST) and trains the default supernet
+# make test  : installs what is needed and runs the test suite
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: run test test-slow lint data setup clean
+
+setup: $(STAMP) data
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt 2>&1 | { grep -v "is ignored" || true; }
+	$(PY) -c "import torch, torchvision, pytorch_lightning, hydra, torchmetrics"
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian where apt can be used as root; otherwise train.py falls back to a
+# torchvision download (or dataset.data_dir=...).
+data:
+	@if [ ! -d $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
+		echo "note: could not install dataset-fashion-mnist with apt; train.py will try a download"; \
+	fi
+
+run: setup
+	$(PY) train.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+clean:
+	rm -rf outputs multirun .pytest_cache

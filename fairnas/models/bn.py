@@ -1,0 +1,82 @@
+"""BatchNorm recalibration of one path of a supernet.
+
+A supernet's running BN statistics mix every path it was trained with, so a single path evaluated
+with them is misjudged. Standard practice (SPOS, OFA, FairNAS reimplementations) is to reset the
+statistics of the path's BN layers and re-estimate them on a fixed set of training batches before
+evaluating it. These helpers do that, and snapshot/restore statistics so evaluating never changes
+the supernet's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+BNStats = list[tuple[Tensor, Tensor, Tensor]]
+
+
+def bn_layers(modules: Iterable[nn.Module]) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer inside ``modules`` (each counted once)."""
+    seen: dict[int, nn.modules.batchnorm._BatchNorm] = {}
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
+def get_stats(layers: Sequence[nn.modules.batchnorm._BatchNorm]) -> BNStats:
+    return [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
+
+
+def set_stats(layers: Sequence[nn.modules.batchnorm._BatchNorm], stats: BNStats) -> None:
+    with torch.no_grad():
+        for m, (mean, var, count) in zip(layers, stats, strict=True):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+
+
+@contextlib.contextmanager
+def preserved_stats(layers: Sequence[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """Restores the running statistics of ``layers`` on exit, whatever happens inside."""
+    saved = get_stats(layers)
+    try:
+        yield
+    finally:
+        set_stats(layers, saved)
+
+
+@torch.no_grad()
+def recalibrate(
+    forward: Callable[[Tensor], Tensor],
+    layers: Sequence[nn.modules.batchnorm._BatchNorm],
+    batches: Iterable[Tensor],
+) -> BNStats:
+    """Re-estimates the statistics of ``layers`` as the exact average over ``batches``.
+
+    Args:
+        forward: Runs the path on a batch of inputs (the BN layers must be on that path).
+        layers: The BN layers to recalibrate; they are put in training mode for the passes and
+            returned to their previous mode after.
+        batches: Input tensors (already on the right device and dtype).
+
+    Returns:
+        The new statistics (also left in the layers).
+    """
+    modes = [(m.training, m.momentum) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over the calibration batches
+        m.train()
+    try:
+        for x in batches:
+            forward(x)
+    finally:
+        for m, (training, momentum) in zip(layers, modes, strict=True):
+            m.train(training)
+            m.momentum = momentum
+    return get_stats(layers)

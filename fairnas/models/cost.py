@@ -1,0 +1,102 @@
+"""Exact cost model: multiply-adds and parameters of any architecture, without running it.
+
+Conventions (those of the FairNAS / MobileNet papers): MAdds count the multiply-accumulates of
+convolutions and of the final linear layer (no BN, activation, pooling or residual add); params
+count conv weights (no bias), BN affine parameters (2 per channel) and the linear weight and bias.
+Because every layer's resolution is fixed by the space (``skip`` is only allowed at stride 1), the
+cost of an architecture is a fixed part plus one table entry per searchable layer, so evaluating
+the cost of millions of candidates is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fairnas.models.space import BlockSpec, SearchSpace
+
+
+def _out_size(size: int, kernel: int, stride: int) -> int:
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def _conv(size: int, cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> tuple[int, int, int]:
+    """(madds, params, output size) of conv + BN."""
+    out = _out_size(size, kernel, stride)
+    weights = cout * (cin // groups) * kernel * kernel
+    return out * out * weights, weights + 2 * cout, out
+
+
+def block_cost(spec: BlockSpec, size: int, cin: int, cout: int, stride: int) -> tuple[int, int]:
+    """(madds, params) of one block at input resolution ``size``."""
+    if spec.kind == "skip":
+        return 0, 0
+    hidden = cin * spec.expansion
+    madds = params = 0
+    if spec.expansion != 1:
+        m, p, size = _conv(size, cin, hidden, 1, 1)
+        madds, params = madds + m, params + p
+    m, p, size = _conv(size, hidden, hidden, spec.kernel, stride, groups=hidden)
+    madds, params = madds + m, params + p
+    m, p, size = _conv(size, hidden, cout, 1, 1)
+    return madds + m, params + p
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-layer cost tables of a space at one input size and class count.
+
+    Args:
+        space: The search space.
+        input_size: Input resolution (default: the space's nominal one).
+        num_classes: Classes (default: the space's nominal number).
+        in_channels: Input channels (default: the space's nominal number).
+    """
+
+    fixed_madds: int
+    fixed_params: int
+    madds_table: tuple[tuple[int, ...], ...]
+    params_table: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def create(
+        cls,
+        space: SearchSpace,
+        input_size: int | None = None,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+    ) -> CostModel:
+        size = input_size or space.input_size
+        madds, params, size = _conv(
+            size, in_channels or space.in_channels, space.stem_channels, space.stem_kernel, space.stem_stride
+        )
+        madds_table, params_table = [], []
+        for layer in space.layers:
+            costs = [block_cost(c, size, layer.in_channels, layer.out_channels, layer.stride) for c in layer.choices]
+            if layer.searchable:
+                madds_table.append(tuple(c[0] for c in costs))
+                params_table.append(tuple(c[1] for c in costs))
+            else:
+                madds, params = madds + costs[0][0], params + costs[0][1]
+            size = _out_size(size, 3, layer.stride)
+        channels = space.layers[-1].out_channels
+        if space.head_channels:
+            m, p, size = _conv(size, channels, space.head_channels, 1, 1)
+            madds, params, channels = madds + m, params + p, space.head_channels
+        classes = num_classes or space.num_classes
+        madds += channels * classes
+        params += channels * classes + classes
+        return cls(madds, params, tuple(madds_table), tuple(params_table))
+
+    def madds(self, arch: Sequence[int]) -> int:
+        return self.fixed_madds + sum(row[c] for row, c in zip(self.madds_table, arch, strict=True))
+
+    def params(self, arch: Sequence[int]) -> int:
+        return self.fixed_params + sum(row[c] for row, c in zip(self.params_table, arch, strict=True))
+
+    def range_madds(self) -> tuple[int, int]:
+        """Smallest and largest MAdds over the whole space."""
+        return (
+            self.fixed_madds + sum(min(r) for r in self.madds_table),
+            self.fixed_madds + sum(max(r) for r in self.madds_table),
+        )

@@ -1,0 +1,15 @@
+"""The Lightning systems: fair supernet training and stand-alone training."""
+
+from fairnas.system.ddp import count_devices, resolve_strategy
+from fairnas.system.optim import cosine_with_warmup, param_groups
+from fairnas.system.systems import PathDivergenceError, StandaloneSystem, SupernetSystem
+
+__all__ = [
+    "PathDivergenceError",
+    "StandaloneSystem",
+    "SupernetSystem",
+    "cosine_with_warmup",
+    "count_devices",
+    "param_groups",
+    "resolve_strategy",
+]

@@ -1,0 +1,367 @@
+"""Lightning systems: the fair supernet step, and stand-alone training of one architecture.
+
+Both use manual optimization, so that one training step can accumulate the gradients of several
+single-path models before ONE optimizer step, clip once, and step the scheduler once per optimizer
+step (Lightning never steps schedulers in manual mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics.classification import MulticlassAccuracy
+
+from fairnas.models import ChildNet, Supernet
+from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
+from fairnas.samplers import PathSampler
+from fairnas.system.optim import param_groups
+
+OptimizerFactory = Callable[..., Optimizer]
+SchedulerFactory = Callable[..., LRScheduler]
+
+
+class PathDivergenceError(RuntimeError):
+    """DDP ranks trained different paths in the same step."""
+
+
+class _ClassifierSystem(pl.LightningModule):
+    """Shared by both systems: optimizer and schedule, one manual update, clipping, metrics."""
+
+    def __init__(
+        self,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        label_smoothing: float = 0.0,
+        grad_clip: float | None = None,
+        weight_decay_bn_bias: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.label_smoothing = label_smoothing
+        self.grad_clip = grad_clip
+        self.weight_decay_bn_bias = weight_decay_bn_bias
+        # Plain data that lets later stages (search, analysis) rebuild the run from the checkpoint.
+        self.metadata = dict(metadata or {})
+
+    updates_per_batch: int = 1
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(param_groups(self, self.weight_decay_bn_bias))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.total_updates())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def total_updates(self) -> int:
+        """Optimizer steps of the whole run (the horizon of the schedule)."""
+        batches = self.trainer.estimated_stepping_batches
+        if not np.isfinite(batches):
+            raise ValueError("the LR schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        total = int(batches) * self.updates_per_batch
+        if self.trainer.max_steps is not None and self.trainer.max_steps > 0:
+            total = min(total, self.trainer.max_steps)
+        return total
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def _finish_update(self, optimizer: Any) -> None:
+        """Clip, step the optimizer once and the scheduler once."""
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    def _inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        # Follows the module's dtype, so trainer.precision=64 runs fully in float64.
+        return x.to(self.dtype), y
+
+    last_validated_step: int = -1
+
+    def on_validation_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.last_validated_step = self.global_step
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fairnas"] = self.metadata
+
+
+class SupernetSystem(_ClassifierSystem):
+    """Trains a supernet with the paths of a sampler (strict fairness by default).
+
+    One training step takes one batch and the sampler's update groups for the current step; for
+    each group: zero the gradients, forward + ``manual_backward`` each path (no update in between,
+    so later paths do not see weights moved by earlier ones), clip, ONE optimizer step, one
+    scheduler step. Under DDP, the backward passes before the last of a group run without gradient
+    synchronisation, so a group costs exactly one all-reduce; every parameter used by any path of
+    the group is reduced on that last pass (needs ``find_unused_parameters=True``, which
+    :func:`fairnas.system.ddp.resolve_strategy` sets).
+
+    Args:
+        supernet: The supernet.
+        sampler: Which paths each step trains.
+        optimizer: Partial optimizer (called with parameter groups).
+        scheduler: Partial schedule (called with the optimizer and ``total_steps``).
+        label_smoothing: Label smoothing of the cross-entropy.
+        grad_clip: Max gradient norm (clipped once per optimizer step), or None.
+        weight_decay_bn_bias: Apply weight decay to BN parameters and biases too.
+        grad_reduction: ``sum`` (default) or ``mean`` of the gradients of a group's paths.
+        split_batch: Give each path of a group its own chunk of the batch instead of the whole batch.
+        val_archs: Number K of fixed architectures whose accuracy validation reports.
+        val_seed: Seed of those architectures (and of the calibration batches).
+        val_bn_batches: Before validating, re-estimate each architecture's BN statistics on this
+            many fixed training batches (the datamodule's ``calibration_dataloader``); the
+            supernet's own statistics are restored after. 0 evaluates with the supernet's
+            running statistics, which mix all paths and misjudge single ones.
+        path_check_every: Under DDP, check every this many steps that all ranks drew the same
+            paths (0 disables).
+        metadata: Plain data stored in checkpoints under ``"fairnas"``.
+    """
+
+    def __init__(
+        self,
+        supernet: Supernet,
+        sampler: PathSampler,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        label_smoothing: float = 0.0,
+        grad_clip: float | None = None,
+        weight_decay_bn_bias: bool = False,
+        grad_reduction: str = "sum",
+        split_batch: bool = False,
+        val_archs: int = 8,
+        val_seed: int = 0,
+        val_bn_batches: int = 10,
+        path_check_every: int = 1,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata)
+        if grad_reduction not in ("sum", "mean"):
+            raise ValueError(f"grad_reduction must be 'sum' or 'mean', got {grad_reduction!r}")
+        if (sampler.num_layers, sampler.num_choices) != (supernet.space.num_layers, supernet.space.num_choices):
+            raise ValueError(
+                f"the sampler draws {sampler.num_layers} layers x {sampler.num_choices} choices but the space "
+                f"{supernet.space.name!r} has {supernet.space.num_layers} x {supernet.space.num_choices}"
+            )
+        self.save_hyperparameters(ignore=["supernet", "sampler", "optimizer", "scheduler", "metadata"])
+        self.supernet = supernet
+        self.sampler = sampler
+        self.grad_reduction = grad_reduction
+        self.split_batch = split_batch
+        self.path_check_every = path_check_every
+        self.val_seed = val_seed
+        self.val_bn_batches = val_bn_batches
+        self._val_bn: list[tuple[list, BNStats]] | None = None
+        self._saved_bn: BNStats | None = None
+        self.updates_per_batch = sampler.updates_per_step
+        space = supernet.space
+        rng = np.random.default_rng(val_seed)
+        self.val_archs: list[tuple[int, ...]] = [
+            tuple(int(c) for c in row) for row in rng.integers(0, space.num_choices, (val_archs, space.num_layers))
+        ]
+        self.val_acc = nn.ModuleList(
+            MulticlassAccuracy(supernet.num_classes, average="micro") for _ in self.val_archs
+        )
+        # Cumulative gradient contributions of every (layer, choice): a buffer, so it is
+        # checkpointed and restored with the weights.
+        self.register_buffer("block_usage", torch.zeros(space.num_layers, space.num_choices, dtype=torch.long))
+
+    def forward(self, x: Tensor, arch: Sequence[int]) -> Tensor:
+        return self.supernet(x, arch)
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        x, y = self._inputs(batch)
+        optimizer = self.optimizers()
+        step = self.global_step
+        groups = self.sampler.sample(step)
+        self._check_same_paths(groups, step)
+        losses, correct = [], []
+        for group in groups:
+            optimizer.zero_grad(set_to_none=True)
+            xs = x.chunk(len(group)) if self.split_batch else [x] * len(group)
+            ys = y.chunk(len(group)) if self.split_batch else [y] * len(group)
+            if len(xs) < len(group):
+                raise ValueError(f"split_batch needs a batch of at least {len(group)} samples, got {len(x)}")
+            for k, (arch, xk, yk) in enumerate(zip(group, xs, ys, strict=True)):
+                with self._sync_if(k == len(group) - 1):
+                    logits = self.supernet(xk, arch)
+                    loss = self.loss(logits, yk)
+                    self.manual_backward(loss / len(group) if self.grad_reduction == "mean" else loss)
+                losses.append(loss.detach())
+                correct.append((logits.detach().argmax(1) == yk).float().mean())
+                self._count_usage(arch)
+            self._finish_update(optimizer)
+        self.log("train/loss", torch.stack(losses).mean(), prog_bar=True)
+        self.log("train/acc", torch.stack(correct).mean())
+
+    def _count_usage(self, arch: Sequence[int]) -> None:
+        layers = torch.arange(len(arch), device=self.block_usage.device)
+        self.block_usage[layers, torch.as_tensor(arch, device=self.block_usage.device)] += 1
+
+    @contextlib.contextmanager
+    def _sync_if(self, sync: bool) -> Iterator[None]:
+        """Skips DDP's gradient all-reduce on every backward of a group but the last."""
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        if sync or block is None:
+            yield
+        else:
+            with block():
+                yield
+
+    def _check_same_paths(self, groups: list[list[tuple[int, ...]]], step: int) -> None:
+        if self.trainer.world_size == 1 or not self.path_check_every or step % self.path_check_every:
+            return
+        digest = int.from_bytes(hashlib.blake2b(repr(groups).encode(), digest_size=7).digest(), "big")
+        local = torch.tensor([digest, -digest], dtype=torch.long, device=self.device)
+        both = self.trainer.strategy.reduce(local.clone(), reduce_op="max")
+        if int(both[0]) != -int(both[1]):
+            raise PathDivergenceError(
+                f"DDP ranks drew different paths at step {step} (rank {self.global_rank}: {groups}). Paths must "
+                "come from the sampler, which derives them from (seed, step) only: check that every rank has "
+                "the same seed and that nothing else draws paths."
+            )
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._calibrate_val_archs()
+
+    def on_test_epoch_start(self) -> None:
+        self._calibrate_val_archs()
+
+    def on_validation_epoch_end(self) -> None:
+        self._restore_bn()
+        self._log_accuracies("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._restore_bn()
+        self._log_accuracies("test")
+
+    def _calibration_batches(self) -> Iterator[Tensor]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "calibration_dataloader"):
+            loader = datamodule.calibration_dataloader(self.val_bn_batches, seed=self.val_seed)
+        else:
+            loader = self.trainer.train_dataloader
+        for i, batch in enumerate(loader):
+            if i == self.val_bn_batches:
+                break
+            yield batch[0].to(self.device, self.dtype)
+
+    def _calibrate_val_archs(self) -> None:
+        """Per validation architecture: BN statistics re-estimated on the same calibration batches."""
+        if not self.val_bn_batches:
+            return
+        all_bn = bn_layers([self.supernet])
+        self._saved_bn = get_stats(all_bn)
+        self._val_bn = []
+        for arch in self.val_archs:
+            layers = bn_layers(self.supernet.path_modules(arch))
+            stats = recalibrate(lambda x, a=arch: self.supernet(x, a), layers, self._calibration_batches())
+            self._val_bn.append((layers, stats))
+        set_stats(all_bn, self._saved_bn)
+
+    def _restore_bn(self) -> None:
+        if self._saved_bn is not None:
+            set_stats(bn_layers([self.supernet]), self._saved_bn)
+        self._val_bn = self._saved_bn = None
+
+    def _evaluate(self, batch: Sequence[Tensor], stage: str) -> None:
+        """Accuracy of the K fixed architectures with the supernet's weights."""
+        x, y = self._inputs(batch)
+        losses = []
+        for k, (arch, metric) in enumerate(zip(self.val_archs, self.val_acc, strict=True)):
+            if self._val_bn is not None:
+                set_stats(*self._val_bn[k])
+            logits = self.supernet(x, arch)
+            losses.append(F.cross_entropy(logits, y))
+            metric.update(logits, y)
+        self.log(f"{stage}/loss_mean", torch.stack(losses).mean(), sync_dist=True)
+
+    def _log_accuracies(self, stage: str) -> None:
+        accs = torch.stack([m.compute() for m in self.val_acc])  # synchronised across ranks
+        for m in self.val_acc:
+            m.reset()
+        self.log_dict({f"{stage}/acc_mean": accs.mean(), f"{stage}/acc_min": accs.min(), f"{stage}/acc_max": accs.max()})
+
+    @property
+    def fairness_spread(self) -> int:
+        """Largest (max - min) update count over layers: 0 means every block was trained equally."""
+        usage = self.block_usage
+        return int((usage.max(1).values - usage.min(1).values).max())
+
+
+class StandaloneSystem(_ClassifierSystem):
+    """Trains one architecture from scratch as a plain network (the ground truth of ranking studies).
+
+    Args:
+        net: The stand-alone network (see :func:`fairnas.models.build_child`).
+        optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata: as in
+            :class:`SupernetSystem`.
+    """
+
+    def __init__(
+        self,
+        net: ChildNet,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        label_smoothing: float = 0.0,
+        grad_clip: float | None = None,
+        weight_decay_bn_bias: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata)
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "metadata"])
+        self.net = net
+        num_classes = net.head.classifier.out_features
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        x, y = self._inputs(batch)
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        logits = self.net(x)
+        loss = self.loss(logits, y)
+        self.manual_backward(loss)
+        self._finish_update(optimizer)
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log("train/acc", (logits.detach().argmax(1) == y).float().mean())
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        x, y = self._inputs(batch)
+        logits = self.net(x)
+        self.val_acc.update(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.log("val/acc", self.val_acc)
+
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        x, y = self._inputs(batch)
+        logits = self.net(x)
+        self.test_acc.update(logits, y)
+        self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.log("test/acc", self.test_acc)

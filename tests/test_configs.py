@@ -1,0 +1,75 @@
+"""Every option of every config group composes and instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from conftest import ROOT
+from fairnas.models import SearchSpace
+from fairnas.samplers import PathSampler
+
+GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in ("search_space", "sampler", "logger", "callbacks", "dataset")}
+
+
+def cfg_with(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    return cfg
+
+
+@pytest.mark.parametrize("name", GROUPS["search_space"])
+def test_search_spaces(tmp_path, name):
+    space = instantiate(cfg_with(tmp_path, f"search_space={name}").search_space)
+    assert isinstance(space, SearchSpace) and space.num_layers >= 8 and space.num_choices >= 6
+
+
+@pytest.mark.parametrize("name", GROUPS["sampler"])
+def test_samplers(tmp_path, name):
+    cfg = cfg_with(tmp_path, f"sampler={name}", *(["sampler.arch=0-1-2-3-4-5-0-1"] if name == "fixed" else []))
+    space = instantiate(cfg.search_space)
+    extra = {"arch": space.parse_arch(cfg.sampler.arch)} if name == "fixed" else {}
+    sampler = instantiate(cfg.sampler, num_layers=space.num_layers, num_choices=space.num_choices, **extra)
+    assert isinstance(sampler, PathSampler) and sampler.sample(0)
+
+
+@pytest.mark.parametrize("name", GROUPS["logger"])
+def test_loggers(tmp_path, name, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = cfg_with(tmp_path, f"logger={name}")
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    assert len(loggers) == {"none": 0, "many": 3}.get(name, 1)
+
+
+def test_several_loggers_from_the_command_line(tmp_path):
+    cfg = cfg_with(tmp_path, "logger=[csv,tensorboard]")
+    assert set(cfg.logger) == {"csv", "tensorboard"}
+
+
+@pytest.mark.parametrize("name", GROUPS["dataset"])
+def test_datasets(tmp_path, name):
+    root = ["dataset.root=" + str(tmp_path)] if name in ("imagenet", "image_folder") else []
+    if root:
+        from PIL import Image
+
+        for split in ("train", "val"):
+            for cls in ("a", "b"):
+                (tmp_path / split / cls).mkdir(parents=True)
+                for i in range(3):
+                    Image.new("RGB", (12, 12), (i * 40, 0, 0)).save(tmp_path / split / cls / f"{i}.png")
+    dm = instantiate(cfg_with(tmp_path, f"dataset={name}", *root).dataset)
+    assert dm.num_classes > 0 and dm.in_channels in (1, 3) and dm.image_size > 0
+
+
+def test_trainer_and_callbacks(tmp_path):
+    cfg = cfg_with(tmp_path, "trainer.max_steps=3")
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    assert trainer.max_steps == 3 and trainer.default_root_dir == str(tmp_path)
+    assert OmegaConf.select(cfg, "system.val_archs") == 8

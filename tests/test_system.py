@@ -1,0 +1,173 @@
+"""The fair step inside Lightning: exact gradients, one optimizer and scheduler step, BN handling."""
+
+from __future__ import annotations
+
+import copy
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import tiny_space
+from fairnas.models import Supernet, build_child
+from fairnas.models.bn import bn_layers, get_stats, recalibrate
+from fairnas.samplers import BiasedSampler, StrictFairSampler, UniformSampler
+from fairnas.system import StandaloneSystem, SupernetSystem, cosine_with_warmup
+
+
+def data(n=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (n,), generator=g))
+
+
+def fit(system, loader, **kw):
+    args = dict(
+        accelerator="cpu", devices=1, precision="64-true", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    trainer = pl.Trainer(**{**args, **kw})
+    trainer.fit(system, loader)
+    return trainer
+
+
+def make(sampler=None, lr=0.0, **kw):
+    torch.manual_seed(0)
+    space = tiny_space()
+    net = Supernet(space).double()
+    sampler = sampler or StrictFairSampler(space.num_layers, space.num_choices, seed=0)
+    return SupernetSystem(net, sampler, optimizer=partial(torch.optim.SGD, lr=lr), val_archs=3, **kw)
+
+
+def path_grads(net, arch, x, y):
+    net = copy.deepcopy(net)
+    net.zero_grad()
+    F.cross_entropy(net(x, arch), y).backward()
+    return {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize(("reduction", "split"), [("sum", False), ("mean", False), ("sum", True)])
+def test_fair_step_gradient_is_the_sum_of_the_m_path_gradients(reduction, split):
+    system = make(grad_reduction=reduction, split_batch=split)
+    initial = copy.deepcopy(system.supernet)
+    x, y = data(12).tensors
+    fit(system, DataLoader(TensorDataset(x, y), batch_size=12), max_steps=1, limit_val_batches=0)
+    paths = system.sampler.sample(0)[0]
+    chunks = list(zip(x.chunk(3), y.chunk(3))) if split else [(x, y)] * 3
+    expected = {n: torch.zeros_like(p) for n, p in initial.named_parameters()}
+    for arch, (xk, yk) in zip(paths, chunks):
+        for n, g in path_grads(initial, arch, xk, yk).items():
+            expected[n] += g / (3 if reduction == "mean" else 1)
+    for n, p in system.supernet.named_parameters():
+        assert p.grad is not None, f"{n} got no gradient: strict fairness must reach every block"
+        torch.testing.assert_close(p.grad, expected[n], rtol=0, atol=1e-12, msg=n)
+
+
+def test_one_path_alone_leaves_most_blocks_without_gradient():
+    system = make()
+    g = path_grads(system.supernet, (0, 0, 0), *data(4).tensors)
+    untouched = [n for n, v in g.items() if n.startswith("layers.0.1") and v.abs().sum() == 0]
+    assert untouched  # why a fair step needs all m paths before the update
+
+
+def test_sf_is_one_update_per_batch_and_ef_one_per_path():
+    sf = make(lr=0.01)
+    assert fit(sf, DataLoader(data(16), batch_size=8), max_epochs=1, limit_val_batches=0).global_step == 2
+    assert (sf.block_usage == 2).all() and sf.fairness_spread == 0
+    space = tiny_space()
+    ef = make(UniformSampler(space.num_layers, space.num_choices, seed=0), lr=0.01)
+    assert fit(ef, DataLoader(data(16), batch_size=8), max_epochs=1, limit_val_batches=0).global_step == 6
+    assert (ef.block_usage.sum(1) == 6).all()
+
+
+def test_unfair_sampling_shows_in_the_usage_counts():
+    space = tiny_space()
+    biased = make(BiasedSampler(space.num_layers, space.num_choices, seed=0, probs=[8, 1, 1]), lr=0.01)
+    fit(biased, DataLoader(data(64), batch_size=8), max_epochs=1, limit_val_batches=0)
+    assert biased.fairness_spread > 0
+    assert (biased.block_usage[:, 0] > biased.block_usage[:, 1:].max(1).values).all()
+
+
+def test_scheduler_steps_once_per_optimizer_step():
+    system = SupernetSystem(
+        Supernet(tiny_space()).double(),
+        UniformSampler(3, 3, seed=0),
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        scheduler=partial(cosine_with_warmup, warmup_fraction=0.25),
+        val_archs=1,
+    )
+    trainer = fit(system, DataLoader(data(16), batch_size=4), max_steps=8, limit_val_batches=0)
+    assert trainer.global_step == 8  # 2 batches x 3 paths, stopped at 8 optimizer steps
+    # total horizon = 8 steps, 2 warm-up steps; after 8 scheduler steps the cosine reached 0
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * (8 - 2) / 6)), abs=1e-12)
+    assert system.lr_schedulers().last_epoch == 8
+
+
+def test_validation_recalibrates_bn_per_architecture_and_restores_the_supernet():
+    system = make(lr=0.05)
+    loader = DataLoader(data(32), batch_size=8)
+    trainer = fit(system, loader, max_epochs=1, limit_val_batches=0)
+    before = get_stats(bn_layers([system.supernet]))
+    metrics = trainer.validate(system, DataLoader(data(16, seed=5), batch_size=8), verbose=False)[0]
+    after = get_stats(bn_layers([system.supernet]))
+    for a, b in zip(before, after):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+    assert metrics["val/acc_min"] <= metrics["val/acc_mean"] <= metrics["val/acc_max"]
+
+
+def test_bn_recalibration_equals_statistics_of_the_exported_network():
+    torch.manual_seed(0)
+    space = tiny_space()
+    net = Supernet(space).double().eval()
+    arch = (1, 0, 1)
+    batches = [t[0] for t in DataLoader(data(24), batch_size=8)]
+    stats = recalibrate(lambda x: net(x, arch), bn_layers(net.path_modules(arch)), batches)
+    child = Supernet(space).double()
+    child.load_state_dict(net.state_dict())
+    child = child.export(arch)
+    child.train()
+    for m in bn_layers([child]):
+        m.reset_running_stats()
+        m.momentum = None
+    with torch.no_grad():
+        for x in batches:
+            child(x)
+    direct = get_stats(bn_layers([child]))
+    assert len(direct) == len(stats)
+    for (m1, v1, _), (m2, v2, _) in zip(stats, direct):
+        torch.testing.assert_close(m1, m2)
+        torch.testing.assert_close(v1, v2)
+    # the mean over all calibration images, not a moving average
+    first = bn_layers([child])[0]
+    stem_out = child.stem[0](torch.cat(batches))
+    torch.testing.assert_close(first.running_mean, stem_out.mean((0, 2, 3)))
+
+
+def test_standalone_system_trains_only_its_blocks():
+    space = tiny_space()
+    torch.manual_seed(0)
+    net = build_child(space, (1, 1, 0)).double()
+    start = copy.deepcopy(net.state_dict())
+    system = StandaloneSystem(net, optimizer=partial(torch.optim.SGD, lr=0.1))
+    trainer = fit(system, DataLoader(data(16), batch_size=8), max_epochs=2, limit_val_batches=0)
+    assert trainer.global_step == 4
+    assert all(not torch.equal(start[n], p) for n, p in net.named_parameters())
+    metrics = trainer.validate(system, DataLoader(data(8), batch_size=8), verbose=False)[0]
+    assert 0 <= metrics["val/acc"] <= 1
+
+
+def test_sampler_and_space_must_agree():
+    with pytest.raises(ValueError, match="the sampler draws 4 layers x 3 choices"):
+        SupernetSystem(Supernet(tiny_space()), StrictFairSampler(4, 3), optimizer=torch.optim.SGD)
+
+
+def test_val_archs_are_fixed_by_their_seed():
+    a, b, c = make(), make(), make(val_seed=1)
+    assert a.val_archs == b.val_archs != c.val_archs
+    assert np.array(a.val_archs).max() < tiny_space().num_choices

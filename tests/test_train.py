@@ -1,0 +1,127 @@
+"""End to end through the real entry point, as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_entry
+from fairnas.data import DEBIAN_FASHION_MNIST_DIR
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def usage(run_dir: Path) -> list[int]:
+    with open(run_dir / "block_usage.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) == {"layer", "choice", "count"}
+    return [int(r["count"]) for r in rows]
+
+
+def test_supernet_on_synthetic_data(tmp_path):
+    proc = run_entry(
+        "train.py", "dataset=synthetic", "dataset.batch_size=32", "trainer.max_steps=5",
+        "trainer.limit_val_batches=2", f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = results(tmp_path)
+    assert r["global_step"] == 5 and r["seed"] == 0 and r["wall_time_s"] > 0
+    assert 0 <= r["val/acc_min"] <= r["val/acc_mean"] <= r["val/acc_max"] <= 1
+    assert r["fairness_spread"] == 0 and r["usage/spread"] == 0
+    assert set(usage(tmp_path)) == {5}
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "csv" / "metrics.csv").exists()
+
+
+@pytest.mark.skipif(not Path(DEBIAN_FASHION_MNIST_DIR).exists(), reason="dataset-fashion-mnist not installed")
+def test_default_fashion_mnist_on_a_small_subset(tmp_path):
+    proc = run_entry(
+        "train.py", "dataset.train_subset=1024", "trainer.max_steps=8", "trainer.limit_val_batches=2",
+        "system.val_bn_batches=2", f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = results(tmp_path)
+    assert r["global_step"] == 8 and r["search_space"] == "fairnas_mini" and r["sampler"] == "StrictFairSampler"
+    assert r["val/acc_mean"] > 0.2  # 8 steps already beat chance (0.1) on real data
+    assert set(usage(tmp_path)) == {8}
+
+
+def test_fairnas_a_standalone_reports_its_published_cost(tmp_path):
+    proc = run_entry(
+        "train.py", "arch=fairnas_a", "search_space=fairnas_imagenet", "dataset=synthetic", "trainer.max_steps=1",
+        "dataset.batch_size=2", "dataset.num_train=4", "dataset.num_val=2", "trainer.limit_val_batches=1",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = results(tmp_path)
+    assert r["madds"] == pytest.approx(388.1e6, rel=1e-3) and r["params"] == pytest.approx(4.651e6, rel=1e-3)
+    assert r["arch"] == "4-0-4-1-5-0-0-5-5-2-1-2-2-1-1-5-1-5-3" and r["global_step"] == 1
+    assert "val/acc" in r
+    assert not (tmp_path / "block_usage.csv").exists()  # a stand-alone net has no choice blocks
+
+
+@pytest.mark.parametrize("arch", ["[1,2,3,4,5,0,1,2]", "1-2-3-4-5-0-1-2", "largest"])
+def test_arch_forms_on_the_command_line(tmp_path, arch):
+    proc = run_entry(
+        "train.py", f"arch={arch}", "dataset=synthetic", "dataset.batch_size=16", "trainer.max_steps=1",
+        "trainer.limit_val_batches=1", "logger=none", f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results(tmp_path)["arch"] == ("5-5-5-5-5-5-5-5" if arch == "largest" else "1-2-3-4-5-0-1-2")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["arch=1-2-9-4-5-0-1-2"], "layer 2: choice 9 is out of range; allowed 0..5"),
+        (["arch=1-2-3"], "has 3 entries but space 'fairnas_mini' has 8 searchable layers"),
+        (["arch=fairnas_z"], "cannot read architecture 'fairnas_z'"),
+        (["sampler=fixed"], "Missing mandatory value: sampler.arch"),
+        (["sampler=fixed", "sampler.arch=0-0"], "has 2 entries"),
+        (["sampler=biased", "sampler.probs=[1,2]"], "6 non-negative weights"),
+        (["dataset=mnist", "dataset.data_dir=/nonexistent", "dataset.download=false"], "dataset.data_dir"),
+    ],
+)
+def test_bad_input_gets_one_clear_error(tmp_path, overrides, message):
+    proc = run_entry("train.py", *overrides, "dataset.batch_size=16", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_unknown_config_option_lists_the_valid_ones(tmp_path):
+    proc = run_entry("train.py", "sampler=nope", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "Could not find 'sampler/nope'" in proc.stderr and "sf" in proc.stderr and "biased" in proc.stderr
+
+
+def test_multirun_sweep_over_samplers_writes_one_run_dir_each(tmp_path):
+    proc = run_entry(
+        "train.py", "-m", "sampler=sf,ef", "dataset=synthetic", "dataset.batch_size=64", "trainer.max_steps=6",
+        "trainer.limit_val_batches=1", "logger=none", f"hydra.sweep.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent for p in tmp_path.glob("*/results.json"))
+    assert len(runs) == 2
+    by_sampler = {results(r)["sampler"]: r for r in runs}
+    assert set(by_sampler) == {"StrictFairSampler", "UniformSampler"}
+    assert set(usage(by_sampler["StrictFairSampler"])) == {6}
+    assert sum(usage(by_sampler["UniformSampler"])) == 6 * 8  # 6 optimizer steps of one path each
+
+
+def test_resume_from_checkpoint_continues_the_run(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    common = ["dataset=synthetic", "dataset.batch_size=64", "trainer.limit_val_batches=1", "logger=none"]
+    assert run_entry("train.py", *common, "trainer.max_steps=4", f"hydra.run.dir={first}").returncode == 0
+    proc = run_entry(
+        "train.py", *common, "trainer.max_steps=8", f"ckpt_path={first}/checkpoints/last.ckpt", f"hydra.run.dir={second}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results(second)["global_step"] == 8
+    assert set(usage(second)) == {8}  # the usage counts were restored with the weights

@@ -1,0 +1,108 @@
+"""Train a FairNAS supernet (default: strict fairness), or one architecture stand-alone.
+
+    python train.py                                   # sf supernet, fairnas_mini, Fashion-MNIST
+    python train.py sampler=ef trainer.devices=4      # another sampler, DDP on 4 devices
+    python train.py arch=fairnas_a search_space=fairnas_imagenet dataset=imagenet dataset.root=/data/imagenet
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fairnas.errors import USER_ERRORS
+from fairnas.models import CostModel, SearchSpace, Supernet, build_child
+from fairnas.system import resolve_strategy
+from fairnas.utils import write_json_atomic
+
+log = logging.getLogger("fairnas")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Builds everything from the config, trains, and returns (and writes) the results."""
+    start = time.time()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    out_dir = Path(cfg.paths.output_dir)
+    space: SearchSpace = instantiate(cfg.search_space)
+    datamodule = instantiate(cfg.dataset)
+    arch = None if cfg.arch is None else space.parse_arch(_plain(cfg.arch))
+    metadata = {
+        "search_space": space.to_dict(),
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "seed": cfg.seed,
+        "num_classes": datamodule.num_classes,
+        "in_channels": datamodule.in_channels,
+        "arch": None if arch is None else space.format_arch(arch),
+    }
+    optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.scheduler)
+    if arch is None:
+        supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels)
+        fixed = {"arch": space.parse_arch(_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
+        sampler = instantiate(cfg.sampler, num_layers=space.num_layers, num_choices=space.num_choices, **fixed)
+        system = instantiate(cfg.system)(
+            supernet=supernet, sampler=sampler, optimizer=optimizer, scheduler=scheduler, metadata=metadata
+        )
+        log.info("supernet %s: %d searchable layers x %d choices, sampler %r", space.name, space.num_layers,
+                 space.num_choices, sampler)
+    else:
+        net = build_child(space, arch, datamodule.num_classes, datamodule.in_channels)
+        system = instantiate(cfg.standalone)(net=net, optimizer=optimizer, scheduler=scheduler, metadata=metadata)
+        log.info("stand-alone %s %s: %s", space.name, space.format_arch(arch), " ".join(space.describe_arch(arch)))
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    t = cfg.trainer
+    strategy = resolve_strategy(t.strategy, t.accelerator, t.devices, t.num_nodes, find_unused_parameters=arch is None)
+    trainer: pl.Trainer = instantiate(t, logger=loggers or False, callbacks=callbacks, strategy=strategy)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if system.last_validated_step != trainer.global_step and trainer.limit_val_batches:
+        trainer.validate(system, datamodule=datamodule, verbose=False)  # the run stopped mid-epoch
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.test:
+        for row in trainer.test(system, datamodule=datamodule, verbose=False):
+            metrics.update({k: float(v) for k, v in row.items()})
+
+    results: dict[str, Any] = {
+        **metrics,
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+        "seed": cfg.seed,
+        "wall_time_s": round(time.time() - start, 2),
+        "search_space": space.name,
+    }
+    if arch is None:
+        results.update(sampler=type(sampler).__name__, fairness_spread=system.fairness_spread)
+    else:
+        cost = CostModel.create(space, datamodule.image_size, datamodule.num_classes, datamodule.in_channels)
+        results.update(arch=space.format_arch(arch), madds=cost.madds(arch), params=cost.params(arch))
+    if trainer.is_global_zero:
+        write_json_atomic(out_dir / "results.json", results)
+        log.info("results in %s: %s", out_dir / "results.json", {k: results[k] for k in sorted(results)})
+    return results
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except USER_ERRORS as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        log.error("%s: %s", type(cause).__name__, cause)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
