@@ -1,8 +1,8 @@
 """Train a FairNAS supernet (default: strict fairness), or one architecture stand-alone.
 
-    python train.py                                   # sf supernet, fairnas_mini, Fashion-MNIST
-    python train.py sampler=ef trainer.devices=4      # another sampler, DDP on 4 devices
-    python train.py arch=fairnas_a search_space=fairnas_imagenet dataset=imagenet dataset.root=/data/imagenet
+python train.py                                   # sf supernet, fairnas_mini, Fashion-MNIST
+python train.py sampler=ef trainer.devices=4      # another sampler, DDP on 4 devices
+python train.py arch=fairnas_a search_space=fairnas_imagenet dataset=imagenet dataset.root=/data/imagenet
 """
 
 from __future__ import annotations
@@ -51,8 +51,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         system = instantiate(cfg.system)(
             supernet=supernet, sampler=sampler, optimizer=optimizer, scheduler=scheduler, metadata=metadata
         )
-        log.info("supernet %s: %d searchable layers x %d choices, sampler %r", space.name, space.num_layers,
-                 space.num_choices, sampler)
+        log.info(
+            "supernet %s: %d searchable layers x %d choices, sampler %r",
+            space.name,
+            space.num_layers,
+            space.num_choices,
+            sampler,
+        )
     else:
         net = build_child(space, arch, datamodule.num_classes, datamodule.in_channels)
         system = instantiate(cfg.standalone)(net=net, optimizer=optimizer, scheduler=scheduler, metadata=metadata)
@@ -63,13 +68,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t = cfg.trainer
     strategy = resolve_strategy(t.strategy, t.accelerator, t.devices, t.num_nodes, find_unused_parameters=arch is None)
     trainer: pl.Trainer = instantiate(t, logger=loggers or False, callbacks=callbacks, strategy=strategy)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if system.last_validated_step != trainer.global_step and trainer.limit_val_batches:
-        trainer.validate(system, datamodule=datamodule, verbose=False)  # the run stopped mid-epoch
+    # weights_only: a checkpoint can never run code (ours hold only tensors and plain data).
+    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if system.last_validated_step != trainer.global_step and trainer.limit_val_batches:
+        # The run stopped mid-epoch (max_steps): validate the final weights too.
+        metrics.update(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
     if cfg.test:
-        for row in trainer.test(system, datamodule=datamodule, verbose=False):
-            metrics.update({k: float(v) for k, v in row.items()})
+        metrics.update(trainer.test(system, datamodule=datamodule, verbose=False)[0])
 
     results: dict[str, Any] = {
         **metrics,

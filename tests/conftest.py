@@ -48,5 +48,9 @@ def run_entry(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 300
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "2"}
     return subprocess.run(
         [sys.executable, str(ROOT / script), *overrides],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

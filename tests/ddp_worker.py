@@ -31,7 +31,9 @@ DEVICES = int(os.environ.get("DEVICES", 2))
 
 def dataset() -> TensorDataset:
     g = torch.Generator().manual_seed(123)
-    return TensorDataset(torch.randn(N, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (N,), generator=g))
+    return TensorDataset(
+        torch.randn(N, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (N,), generator=g)
+    )
 
 
 class StridedShards(pl.LightningDataModule):
@@ -52,13 +54,24 @@ def main() -> None:
     init = {k: v.clone() for k, v in supernet.state_dict().items()}
     seed = int(os.environ.get("LOCAL_RANK", 0)) if mode == "diverge" else 0
     system = SupernetSystem(
-        supernet, StrictFairSampler(space.num_layers, space.num_choices, seed=seed),
-        optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9), val_archs=1,
+        supernet,
+        StrictFairSampler(space.num_layers, space.num_choices, seed=seed),
+        optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+        val_archs=1,
     )
     trainer = pl.Trainer(
-        accelerator="cpu", devices=DEVICES, strategy=resolve_strategy("auto", "cpu", DEVICES), precision="64-true",
-        max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False,
+        accelerator="cpu",
+        devices=DEVICES,
+        strategy=resolve_strategy("auto", "cpu", DEVICES),
+        precision="64-true",
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
     )
     trainer.fit(system, datamodule=StridedShards())
     if trainer.is_global_zero:

@@ -5,15 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from conftest import ROOT
 from fairnas.models import SearchSpace
 from fairnas.samplers import PathSampler
 
-GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in ("search_space", "sampler", "logger", "callbacks", "dataset")}
+GROUPS = {
+    g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml"))
+    for g in ("search_space", "sampler", "logger", "callbacks", "dataset")
+}
 
 
 def cfg_with(tmp_path: Path, *overrides: str):

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import ROOT, run_entry, tiny_space
 from ddp_worker import BATCH, STEPS, dataset
+
 from fairnas.models import Supernet
 from fairnas.samplers import StrictFairSampler
 
@@ -18,7 +18,10 @@ from fairnas.samplers import StrictFairSampler
 def _launch(tmp_path, mode: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "out.pt"), mode],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
 
@@ -36,7 +39,7 @@ def reference(init: dict, world: int) -> dict:
         opt.zero_grad()
         for arch in sampler.sample(step)[0]:
             for shard in shards:
-                idx = shard[step * BATCH:(step + 1) * BATCH]
+                idx = shard[step * BATCH : (step + 1) * BATCH]
                 (F.cross_entropy(net(x[idx], arch), y[idx]) / world).backward()
         opt.step()
     return net.state_dict()
@@ -65,8 +68,15 @@ def test_ddp_ranks_with_different_paths_fail_loudly(tmp_path):
 @pytest.mark.parametrize("sampler", ["sf"])
 def test_train_py_two_process_ddp_stays_fair(tmp_path, sampler):
     proc = run_entry(
-        "train.py", f"sampler={sampler}", "dataset=synthetic", "trainer.accelerator=cpu", "trainer.devices=2",
-        "dataset.batch_size=32", "trainer.max_steps=3", "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path}",
+        "train.py",
+        f"sampler={sampler}",
+        "dataset=synthetic",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "dataset.batch_size=32",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=1",
+        f"hydra.run.dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json

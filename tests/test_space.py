@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import load_space, tiny_space
 from omegaconf import OmegaConf
 
-from conftest import load_space, tiny_space
 from fairnas.models import ArchitectureError, BlockSpec, CostModel, SearchSpace, SearchSpaceError
 
 # Paper Table 2 as recomputed in the FairNAS doc: (MAdds, params) at 224x224, 1000 classes.
@@ -25,7 +25,12 @@ def test_imagenet_space_shape():
     space = load_space("fairnas_imagenet")
     assert (space.num_layers, space.num_choices) == (19, 6)
     assert [str(c) for c in space.searchable_layers[0].choices] == [
-        "ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "ir_k5_e6", "ir_k7_e3", "ir_k7_e6",
+        "ir_k3_e3",
+        "ir_k3_e6",
+        "ir_k5_e3",
+        "ir_k5_e6",
+        "ir_k7_e3",
+        "ir_k7_e6",
     ]
     # The fixed MBE1 block before the searchable layers.
     assert not space.layers[0].searchable and str(space.layers[0].choices[0]) == "ir_k3_e1"
@@ -79,7 +84,8 @@ def test_bad_architectures_get_one_clear_error(value, message):
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"), [("ir_k3_e6", BlockSpec("ir", 3, 6)), ("skip", BlockSpec("skip")), ("ir_k7_e1", BlockSpec("ir", 7, 1))]
+    ("text", "expected"),
+    [("ir_k3_e6", BlockSpec("ir", 3, 6)), ("skip", BlockSpec("skip")), ("ir_k7_e1", BlockSpec("ir", 7, 1))],
 )
 def test_block_grammar(text, expected):
     assert BlockSpec.parse(text) == expected and str(expected) == text
@@ -96,6 +102,9 @@ def test_space_validation_errors():
     with pytest.raises(SearchSpaceError, match="'skip' needs stride 1"):
         SearchSpace.create(**base, stages=[{"out": 8, "layers": 1, "stride": 2}])
     with pytest.raises(SearchSpaceError, match="same number of choices"):
-        SearchSpace.create(**base, stages=[{"out": 8, "layers": 1}, {"out": 8, "layers": 1, "choices": ["ir_k3_e1", "ir_k3_e3", "skip"]}])
+        SearchSpace.create(
+            **base,
+            stages=[{"out": 8, "layers": 1}, {"out": 8, "layers": 1, "choices": ["ir_k3_e1", "ir_k3_e3", "skip"]}],
+        )
     with pytest.raises(SearchSpaceError, match="expected keys"):
         SearchSpace.create(**base, stages=[{"out": 8, "layer": 2}])

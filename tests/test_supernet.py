@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import load_space, tiny_space
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import load_space, tiny_space
 from fairnas.models import ArchitectureError, CostModel, Supernet, build_child
 
 

@@ -11,9 +11,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import tiny_space
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import tiny_space
+from fairnas.data import SyntheticDataModule
 from fairnas.models import Supernet, build_child
 from fairnas.models.bn import bn_layers, get_stats, recalibrate
 from fairnas.samplers import BiasedSampler, StrictFairSampler, UniformSampler
@@ -22,16 +23,27 @@ from fairnas.system import StandaloneSystem, SupernetSystem, cosine_with_warmup
 
 def data(n=16, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (n,), generator=g))
+    return TensorDataset(
+        torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (n,), generator=g)
+    )
 
 
-def fit(system, loader, **kw):
+def fit(system, data, **kw):
     args = dict(
-        accelerator="cpu", devices=1, precision="64-true", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        precision="64-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer = pl.Trainer(**{**args, **kw})
-    trainer.fit(system, loader)
+    if isinstance(data, pl.LightningDataModule):
+        trainer.fit(system, datamodule=data)
+    else:
+        trainer.fit(system, data)
     return trainer
 
 
@@ -110,10 +122,10 @@ def test_scheduler_steps_once_per_optimizer_step():
 
 def test_validation_recalibrates_bn_per_architecture_and_restores_the_supernet():
     system = make(lr=0.05)
-    loader = DataLoader(data(32), batch_size=8)
-    trainer = fit(system, loader, max_epochs=1, limit_val_batches=0)
+    dm = SyntheticDataModule(image_size=8, channels=3, num_classes=4, num_train=32, num_val=16, batch_size=8)
+    trainer = fit(system, dm, max_epochs=1)
     before = get_stats(bn_layers([system.supernet]))
-    metrics = trainer.validate(system, DataLoader(data(16, seed=5), batch_size=8), verbose=False)[0]
+    metrics = trainer.validate(system, datamodule=dm, verbose=False)[0]
     after = get_stats(bn_layers([system.supernet]))
     for a, b in zip(before, after):
         for u, v in zip(a, b):
@@ -155,7 +167,7 @@ def test_standalone_system_trains_only_its_blocks():
     net = build_child(space, (1, 1, 0)).double()
     start = copy.deepcopy(net.state_dict())
     system = StandaloneSystem(net, optimizer=partial(torch.optim.SGD, lr=0.1))
-    trainer = fit(system, DataLoader(data(16), batch_size=8), max_epochs=2, limit_val_batches=0)
+    trainer = fit(system, DataLoader(data(16), batch_size=8), max_epochs=2)
     assert trainer.global_step == 4
     assert all(not torch.equal(start[n], p) for n, p in net.named_parameters())
     metrics = trainer.validate(system, DataLoader(data(8), batch_size=8), verbose=False)[0]

@@ -68,7 +68,8 @@ class BlockUsageLogger(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
         counts = self._counts(pl_module)
-        if counts is None or trainer.global_step % self.log_every_n_steps and not trainer.is_last_batch:
+        step, last = trainer.global_step, trainer.is_last_batch or 0 < trainer.max_steps <= trainer.global_step
+        if counts is None or (step % self.log_every_n_steps and not last):
             return
         spread = (counts.max(1) - counts.min(1)).max()
         pl_module.log_dict(
@@ -108,9 +109,15 @@ class BlockUsageLogger(Callback):
                 for layer, row in enumerate(counts):
                     n = int(row.sum())
                     writer.add_histogram_raw(
-                        f"usage/layer_{layer}", min=0, max=int(choices[-1]), num=n,
-                        sum=float((choices * row).sum()), sum_squares=float((choices**2 * row).sum()),
-                        bucket_limits=(edges[1:]).tolist(), bucket_counts=row.tolist(), global_step=step,
+                        f"usage/layer_{layer}",
+                        min=0,
+                        max=int(choices[-1]),
+                        num=n,
+                        sum=float((choices * row).sum()),
+                        sum_squares=float((choices**2 * row).sum()),
+                        bucket_limits=(edges[1:]).tolist(),
+                        bucket_counts=row.tolist(),
+                        global_step=step,
                     )
             elif isinstance(logger, WandbLogger):
                 import wandb

@@ -42,9 +42,7 @@ class ConvBNAct(nn.Sequential):
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand -> kxk depthwise -> 1x1 project (linear), residual if shapes match."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel: int, stride: int, expansion: int, act: str
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expansion: int, act: str) -> None:
         super().__init__()
         hidden = in_channels * expansion
         layers: list[nn.Module] = []
@@ -63,9 +61,7 @@ class InvertedResidual(nn.Module):
 class Head(nn.Module):
     """Optional 1x1 conv, global average pooling, dropout, linear classifier."""
 
-    def __init__(
-        self, in_channels: int, channels: int | None, num_classes: int, dropout: float, act: str
-    ) -> None:
+    def __init__(self, in_channels: int, channels: int | None, num_classes: int, dropout: float, act: str) -> None:
         super().__init__()
         self.conv = ConvBNAct(in_channels, channels, 1, act=act) if channels else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)

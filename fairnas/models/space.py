@@ -145,8 +145,10 @@ class SearchSpace:
             "in_channels": in_channels,
             "num_classes": num_classes,
             "activation": activation,
-            "archs": {k: (list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
-                      for k, v in (archs or {}).items()},
+            "archs": {
+                k: (list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
+                for k, v in (archs or {}).items()
+            },
         }
         if activation not in ACTIVATIONS:
             raise SearchSpaceError(f"space {name!r}: unknown activation {activation!r}; use one of {ACTIVATIONS}")

@@ -42,7 +42,9 @@ class Supernet(nn.Module):
         act = space.activation
         self.stem = ConvBNAct(self.in_channels, space.stem_channels, space.stem_kernel, space.stem_stride, act=act)
         self.layers = nn.ModuleList(
-            nn.ModuleList(build_block(c, layer.in_channels, layer.out_channels, layer.stride, act) for c in layer.choices)
+            nn.ModuleList(
+                build_block(c, layer.in_channels, layer.out_channels, layer.stride, act) for c in layer.choices
+            )
             for layer in space.layers
         )
         last = space.layers[-1].out_channels
@@ -96,7 +98,9 @@ def build_child(
         build_block(layer.choices[c], layer.in_channels, layer.out_channels, layer.stride, act)
         for layer, c in zip(space.layers, choices, strict=True)
     ]
-    head = Head(space.layers[-1].out_channels, space.head_channels, num_classes or space.num_classes, space.dropout, act)
+    head = Head(
+        space.layers[-1].out_channels, space.head_channels, num_classes or space.num_classes, space.dropout, act
+    )
     child = ChildNet(stem, blocks, head)
     init_weights(child)
     return child

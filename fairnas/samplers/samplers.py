@@ -73,9 +73,7 @@ class StrictFairSampler(PathSampler):
 class _IndependentSampler(PathSampler):
     """Draws paths independently per layer from per-choice probabilities, one update per path."""
 
-    def __init__(
-        self, num_layers: int, num_choices: int, seed: int = 0, num_paths: int | None = None
-    ) -> None:
+    def __init__(self, num_layers: int, num_choices: int, seed: int = 0, num_paths: int | None = None) -> None:
         super().__init__(num_layers, num_choices, seed)
         self.num_paths = num_choices if num_paths is None else int(num_paths)
         if self.num_paths < 1:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -176,9 +177,7 @@ class SupernetSystem(_ClassifierSystem):
         self.val_archs: list[tuple[int, ...]] = [
             tuple(int(c) for c in row) for row in rng.integers(0, space.num_choices, (val_archs, space.num_layers))
         ]
-        self.val_acc = nn.ModuleList(
-            MulticlassAccuracy(supernet.num_classes, average="micro") for _ in self.val_archs
-        )
+        self.val_acc = nn.ModuleList(MulticlassAccuracy(supernet.num_classes, average="micro") for _ in self.val_archs)
         # Cumulative gradient contributions of every (layer, choice): a buffer, so it is
         # checkpointed and restored with the weights.
         self.register_buffer("block_usage", torch.zeros(space.num_layers, space.num_choices, dtype=torch.long))
@@ -193,7 +192,10 @@ class SupernetSystem(_ClassifierSystem):
         groups = self.sampler.sample(step)
         self._check_same_paths(groups, step)
         losses, correct = [], []
+        max_steps = self.trainer.max_steps
         for group in groups:
+            if 0 <= max_steps <= self.global_step:
+                break  # several updates per batch (ef): stop exactly at max_steps, not after the batch
             optimizer.zero_grad(set_to_none=True)
             xs = x.chunk(len(group)) if self.split_batch else [x] * len(group)
             ys = y.chunk(len(group)) if self.split_batch else [y] * len(group)
@@ -258,12 +260,18 @@ class SupernetSystem(_ClassifierSystem):
         self._restore_bn()
         self._log_accuracies("test")
 
-    def _calibration_batches(self) -> Iterator[Tensor]:
+    def _calibration_loader(self) -> Iterable | None:
+        """Training batches for BN recalibration: the datamodule's fixed calibration subset if it has one."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "calibration_dataloader"):
-            loader = datamodule.calibration_dataloader(self.val_bn_batches, seed=self.val_seed)
-        else:
-            loader = self.trainer.train_dataloader
+            return datamodule.calibration_dataloader(self.val_bn_batches, seed=self.val_seed)
+        if self.trainer.train_dataloader is not None:
+            return self.trainer.train_dataloader
+        if datamodule is not None:
+            return datamodule.train_dataloader()
+        return None
+
+    def _calibration_batches(self, loader: Iterable) -> Iterator[Tensor]:
         for i, batch in enumerate(loader):
             if i == self.val_bn_batches:
                 break
@@ -271,14 +279,17 @@ class SupernetSystem(_ClassifierSystem):
 
     def _calibrate_val_archs(self) -> None:
         """Per validation architecture: BN statistics re-estimated on the same calibration batches."""
-        if not self.val_bn_batches:
+        loader = self._calibration_loader() if self.val_bn_batches else None
+        if loader is None:
+            if self.val_bn_batches:
+                rank_zero_warn("no training data to recalibrate BN with: evaluating with the supernet's statistics")
             return
         all_bn = bn_layers([self.supernet])
         self._saved_bn = get_stats(all_bn)
         self._val_bn = []
         for arch in self.val_archs:
             layers = bn_layers(self.supernet.path_modules(arch))
-            stats = recalibrate(lambda x, a=arch: self.supernet(x, a), layers, self._calibration_batches())
+            stats = recalibrate(lambda x, a=arch: self.supernet(x, a), layers, self._calibration_batches(loader))
             self._val_bn.append((layers, stats))
         set_stats(all_bn, self._saved_bn)
 
@@ -303,7 +314,11 @@ class SupernetSystem(_ClassifierSystem):
         accs = torch.stack([m.compute() for m in self.val_acc])  # synchronised across ranks
         for m in self.val_acc:
             m.reset()
-        self.log_dict({f"{stage}/acc_mean": accs.mean(), f"{stage}/acc_min": accs.min(), f"{stage}/acc_max": accs.max()})
+        # Already synchronised by torchmetrics; sync_dist only states that every rank logs the same value.
+        self.log_dict(
+            {f"{stage}/acc_mean": accs.mean(), f"{stage}/acc_min": accs.min(), f"{stage}/acc_max": accs.max()},
+            sync_dist=True,
+        )
 
     @property
     def fairness_spread(self) -> int:
