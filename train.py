@@ -15,11 +15,13 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from hydra.errors import InstantiationException
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fairnas.errors import USER_ERRORS
+from fairnas.config_error import ConfigError
+from fairnas.errors import user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.system import resolve_strategy
 from fairnas.utils import write_json_atomic
@@ -45,7 +47,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.scheduler)
     if arch is None:
-        supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels)
+        supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
         fixed = {"arch": space.parse_arch(_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
         sampler = instantiate(cfg.sampler, num_layers=space.num_layers, num_choices=space.num_choices, **fixed)
         system = instantiate(cfg.system)(
@@ -59,15 +61,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             sampler,
         )
     else:
-        net = build_child(space, arch, datamodule.num_classes, datamodule.in_channels)
+        net = build_child(space, arch, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
         system = instantiate(cfg.standalone)(net=net, optimizer=optimizer, scheduler=scheduler, metadata=metadata)
         log.info("stand-alone %s %s: %s", space.name, space.format_arch(arch), " ".join(space.describe_arch(arch)))
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    t = cfg.trainer
-    strategy = resolve_strategy(t.strategy, t.accelerator, t.devices, t.num_nodes, find_unused_parameters=arch is None)
-    trainer: pl.Trainer = instantiate(t, logger=loggers or False, callbacks=callbacks, strategy=strategy)
+    t = OmegaConf.to_container(cfg.trainer, resolve=True)
+    strategy = resolve_strategy(t["strategy"], t["accelerator"], t["devices"], t["num_nodes"], arch is None)
+    if strategy != t["strategy"] and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        # Lightning relaunches sys.argv for the other ranks, so each would run the whole sweep.
+        raise ConfigError(
+            "a multirun sweep (-m) with trainer.devices > 1 is not supported yet: run each job of the "
+            "sweep as its own command, or sweep with trainer.devices=1"
+        )
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy)
     # weights_only: a checkpoint can never run code (ours hold only tensors and plain data).
     trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -104,8 +112,10 @@ def _plain(value: Any) -> Any:
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except USER_ERRORS as err:
-        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise  # a bug, not bad input: keep the full traceback
         log.error("%s: %s", type(cause).__name__, cause)
         sys.exit(2)
 

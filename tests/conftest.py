@@ -45,7 +45,7 @@ def tiny() -> SearchSpace:
 
 def run_entry(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs ``python <script> overrides...`` like a user would, returns the finished process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     return subprocess.run(
         [sys.executable, str(ROOT / script), *overrides],
         cwd=cwd,

@@ -1,8 +1,8 @@
 """Trains a tiny supernet for a few float64 steps with 2-process CPU DDP (launched by Lightning).
 
 Usage: python tests/ddp_worker.py OUT_FILE [same|diverge]. Rank 0 writes the initial and final
-parameters and the paths of every step to OUT_FILE. With ``diverge`` each rank seeds its sampler
-differently, which the system must refuse.
+parameters and the number of gradient all-reduce rounds to OUT_FILE. With ``diverge`` each rank
+seeds its sampler differently, which the system must refuse.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,10 +74,22 @@ def main() -> None:
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
     )
+    rounds = [0]
+
+    def counting_allreduce(state, bucket):
+        if bucket.index() == 0:  # one round = one pass over all buckets
+            rounds[0] += 1
+        return default_hooks.allreduce_hook(state, bucket)
+
+    class CountAllReduce(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            trainer.strategy.model.register_comm_hook(None, counting_allreduce)
+
+    trainer.callbacks.append(CountAllReduce())
     trainer.fit(system, datamodule=StridedShards())
     if trainer.is_global_zero:
         final = {k: v.detach().cpu().clone() for k, v in supernet.state_dict().items()}
-        torch.save({"init": init, "final": final, "world_size": trainer.world_size}, out)
+        torch.save({"init": init, "final": final, "world_size": trainer.world_size, "rounds": rounds[0]}, out)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def test_ddp_two_processes_equal_single_process_reference(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert out["world_size"] == 2
+    assert out["rounds"] == STEPS  # one gradient all-reduce per step, not one per path
     expected = reference(out["init"], 2)
     params = dict(Supernet(tiny_space()).named_parameters())
     moved = 0

@@ -62,14 +62,15 @@ def path_grads(net, arch, x, y):
     return {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in net.named_parameters()}
 
 
-@pytest.mark.parametrize(("reduction", "split"), [("sum", False), ("mean", False), ("sum", True)])
-def test_fair_step_gradient_is_the_sum_of_the_m_path_gradients(reduction, split):
+@pytest.mark.parametrize(("reduction", "split", "batch"), [("sum", False, 12), ("mean", False, 12), ("sum", True, 10)])
+def test_fair_step_gradient_is_the_sum_of_the_m_path_gradients(reduction, split, batch):
     system = make(grad_reduction=reduction, split_batch=split)
     initial = copy.deepcopy(system.supernet)
-    x, y = data(12).tensors
-    fit(system, DataLoader(TensorDataset(x, y), batch_size=12), max_steps=1, limit_val_batches=0)
+    x, y = data(batch).tensors
+    fit(system, DataLoader(TensorDataset(x, y), batch_size=batch), max_steps=1, limit_val_batches=0)
     paths = system.sampler.sample(0)[0]
-    chunks = list(zip(x.chunk(3), y.chunk(3))) if split else [(x, y)] * 3
+    # split: chunks of 4, 3, 3 samples for a batch of 10
+    chunks = list(zip(x.tensor_split(3), y.tensor_split(3))) if split else [(x, y)] * 3
     expected = {n: torch.zeros_like(p) for n, p in initial.named_parameters()}
     for arch, (xk, yk) in zip(paths, chunks):
         for n, g in path_grads(initial, arch, xk, yk).items():
@@ -113,7 +114,7 @@ def test_scheduler_steps_once_per_optimizer_step():
         val_archs=1,
     )
     trainer = fit(system, DataLoader(data(16), batch_size=4), max_steps=8, limit_val_batches=0)
-    assert trainer.global_step == 8  # 2 batches x 3 paths, stopped at 8 optimizer steps
+    assert trainer.global_step == 8  # 3 optimizer steps per batch, stopped at 8 in the middle of the 3rd batch
     # total horizon = 8 steps, 2 warm-up steps; after 8 scheduler steps the cosine reached 0
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * (8 - 2) / 6)), abs=1e-12)
@@ -130,7 +131,25 @@ def test_validation_recalibrates_bn_per_architecture_and_restores_the_supernet()
     for a, b in zip(before, after):
         for u, v in zip(a, b):
             assert torch.equal(u, v)
-    assert metrics["val/acc_min"] <= metrics["val/acc_mean"] <= metrics["val/acc_max"]
+    # Each architecture evaluated as its own network, recalibrated on the same training batches.
+    calib = [x.double() for x, _ in dm.calibration_dataloader(system.val_bn_batches, seed=system.val_seed)]
+    accs = []
+    for arch in system.eval_archs:
+        child = system.supernet.export(arch).eval()
+        recalibrate(child, bn_layers([child]), calib)
+        with torch.no_grad():
+            hits = [(child(x.double()).argmax(1) == y).sum() for x, y in dm.val_dataloader()]
+        accs.append(float(sum(hits)) / len(dm.val_dataset))
+    assert metrics["val/acc_mean"] == pytest.approx(np.mean(accs), abs=1e-6)
+    assert metrics["val/acc_min"] == pytest.approx(min(accs), abs=1e-6)
+    assert metrics["val/acc_max"] == pytest.approx(max(accs), abs=1e-6)
+
+
+def test_gradients_are_clipped_once_per_optimizer_step():
+    system = make(lr=0.0, grad_clip=1e-3)
+    fit(system, DataLoader(data(8), batch_size=8), max_steps=1, limit_val_batches=0)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in system.supernet.parameters()]))
+    assert norm == pytest.approx(1e-3, rel=1e-6)
 
 
 def test_bn_recalibration_equals_statistics_of_the_exported_network():
@@ -181,5 +200,5 @@ def test_sampler_and_space_must_agree():
 
 def test_val_archs_are_fixed_by_their_seed():
     a, b, c = make(), make(), make(val_seed=1)
-    assert a.val_archs == b.val_archs != c.val_archs
-    assert np.array(a.val_archs).max() < tiny_space().num_choices
+    assert a.eval_archs == b.eval_archs != c.eval_archs
+    assert np.array(a.eval_archs).max() < tiny_space().num_choices

@@ -60,6 +60,7 @@ class BlockUsageLogger(Callback):
     def __init__(self, output_dir: str | None = None, log_every_n_steps: int = 50) -> None:
         self.output_dir = output_dir
         self.log_every_n_steps = max(1, int(log_every_n_steps))
+        self._logged_at = -1
 
     @staticmethod
     def _counts(pl_module: pl.LightningModule) -> np.ndarray | None:
@@ -68,9 +69,13 @@ class BlockUsageLogger(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
         counts = self._counts(pl_module)
-        step, last = trainer.global_step, trainer.is_last_batch or 0 < trainer.max_steps <= trainer.global_step
-        if counts is None or (step % self.log_every_n_steps and not last):
+        step, n = trainer.global_step, self.log_every_n_steps
+        # A batch can make several optimizer steps (ef), so look for a crossed multiple of n.
+        crossed = step // n > self._logged_at // n
+        last = trainer.is_last_batch or 0 < trainer.max_steps <= step
+        if counts is None or not (crossed or last):
             return
+        self._logged_at = step
         spread = (counts.max(1) - counts.min(1)).max()
         pl_module.log_dict(
             {"usage/spread": float(spread), "usage/min": float(counts.min()), "usage/max": float(counts.max())},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from fairnas.models.space import BlockSpec
@@ -80,14 +81,19 @@ def build_block(spec: BlockSpec, in_channels: int, out_channels: int, stride: in
     return InvertedResidual(in_channels, out_channels, spec.kernel, stride, spec.expansion, act)
 
 
-def init_weights(module: nn.Module) -> None:
-    """MobileNetV2 / timm initialisation: He (fan-out) convs, unit BN, small linear."""
+def init_weights(module: nn.Module, seed: int = 0) -> None:
+    """MobileNetV2 / timm initialisation: He (fan-out) convs, unit BN, small linear.
+
+    Draws from a generator seeded with ``seed``, so the initial weights do not depend on whatever
+    else consumed the global RNG before.
+    """
+    generator = torch.Generator().manual_seed(seed)
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", generator=generator)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.normal_(m.weight, 0, 0.01, generator=generator)
             nn.init.zeros_(m.bias)

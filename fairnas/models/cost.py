@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from fairnas.models.space import BlockSpec, SearchSpace
 
 
-def _out_size(size: int, kernel: int, stride: int) -> int:
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+def _out_size(size: int, stride: int) -> int:
+    """Output size of an odd-kernel convolution with 'same' padding (k // 2): independent of k."""
+    return (size - 1) // stride + 1
 
 
 def _conv(size: int, cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> tuple[int, int, int]:
     """(madds, params, output size) of conv + BN."""
-    out = _out_size(size, kernel, stride)
+    out = _out_size(size, stride)
     weights = cout * (cin // groups) * kernel * kernel
     return out * out * weights, weights + 2 * cout, out
 
@@ -78,7 +79,7 @@ class CostModel:
                 params_table.append(tuple(c[1] for c in costs))
             else:
                 madds, params = madds + costs[0][0], params + costs[0][1]
-            size = _out_size(size, 3, layer.stride)
+            size = _out_size(size, layer.stride)
         channels = space.layers[-1].out_channels
         if space.head_channels:
             m, p, size = _conv(size, channels, space.head_channels, 1, 1)

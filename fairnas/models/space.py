@@ -152,9 +152,8 @@ class SearchSpace:
         }
         if activation not in ACTIVATIONS:
             raise SearchSpaceError(f"space {name!r}: unknown activation {activation!r}; use one of {ACTIVATIONS}")
-        for key in ("out",):
-            if key not in stem:
-                raise SearchSpaceError(f"space {name!r}: the stem needs {key!r}")
+        if "out" not in stem:
+            raise SearchSpaceError(f"space {name!r}: the stem needs 'out' (its output channels)")
         default_choices = tuple(BlockSpec.parse(c) for c in choices) if choices else None
         layers: list[LayerSpec] = []
         channels = int(stem["out"])

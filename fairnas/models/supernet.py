@@ -32,9 +32,12 @@ class Supernet(nn.Module):
         space: The search space.
         num_classes: Classes of the data (default: the space's nominal number).
         in_channels: Channels of the input images (default: the space's nominal number).
+        seed: Seed of the weight initialisation.
     """
 
-    def __init__(self, space: SearchSpace, num_classes: int | None = None, in_channels: int | None = None) -> None:
+    def __init__(
+        self, space: SearchSpace, num_classes: int | None = None, in_channels: int | None = None, seed: int = 0
+    ) -> None:
         super().__init__()
         self.space = space
         self.num_classes = num_classes or space.num_classes
@@ -49,7 +52,7 @@ class Supernet(nn.Module):
         )
         last = space.layers[-1].out_channels
         self.head = Head(last, space.head_channels, self.num_classes, space.dropout, act)
-        init_weights(self)
+        init_weights(self, seed)
 
     def forward(self, x: Tensor, arch: Sequence[int]) -> Tensor:
         """Runs the single path ``arch`` (one choice index per searchable layer)."""
@@ -60,11 +63,10 @@ class Supernet(nn.Module):
         return self.head(x)
 
     def _check(self, arch: Sequence[int]) -> tuple[int, ...]:
-        arch = tuple(arch)
         m = self.space.num_choices
-        if len(arch) != self.space.num_layers or not all(0 <= int(c) < m for c in arch):
-            arch = self.space.parse_arch(arch)  # raises an ArchitectureError that names the layer
-        return arch
+        if len(arch) == self.space.num_layers and all(type(c) is int and 0 <= c < m for c in arch):
+            return tuple(arch)
+        return self.space.parse_arch(arch)  # validates, or raises an error naming the layer
 
     def blocks(self, arch: Sequence[int]) -> list[nn.Module]:
         """The modules of every layer on the path ``arch`` (fixed layers included)."""
@@ -86,7 +88,11 @@ class Supernet(nn.Module):
 
 
 def build_child(
-    space: SearchSpace, arch: Sequence[int] | str, num_classes: int | None = None, in_channels: int | None = None
+    space: SearchSpace,
+    arch: Sequence[int] | str,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    seed: int = 0,
 ) -> ChildNet:
     """A freshly initialised stand-alone network for ``arch`` (for training from scratch)."""
     arch = space.parse_arch(arch)
@@ -102,5 +108,5 @@ def build_child(
         space.layers[-1].out_channels, space.head_channels, num_classes or space.num_classes, space.dropout, act
     )
     child = ChildNet(stem, blocks, head)
-    init_weights(child)
+    init_weights(child, seed)
     return child

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fairnas.config_error import ConfigError
+
 Arch = tuple[int, ...]
 
 
@@ -34,7 +36,7 @@ class PathSampler(ABC):
 
     def __init__(self, num_layers: int, num_choices: int, seed: int = 0) -> None:
         if num_layers < 1 or num_choices < 1:
-            raise ValueError(f"a sampler needs at least one layer and one choice, got L={num_layers}, m={num_choices}")
+            raise ConfigError(f"a sampler needs at least one layer and one choice, got L={num_layers}, m={num_choices}")
         self.num_layers = num_layers
         self.num_choices = num_choices
         self.seed = int(seed)
@@ -73,13 +75,16 @@ class StrictFairSampler(PathSampler):
 class _IndependentSampler(PathSampler):
     """Draws paths independently per layer from per-choice probabilities, one update per path."""
 
+    probs: np.ndarray | None = None  # per-choice probabilities; None = uniform
+
     def __init__(self, num_layers: int, num_choices: int, seed: int = 0, num_paths: int | None = None) -> None:
         super().__init__(num_layers, num_choices, seed)
         self.num_paths = num_choices if num_paths is None else int(num_paths)
         if self.num_paths < 1:
-            raise ValueError(f"num_paths must be at least 1, got {num_paths}")
+            raise ConfigError(f"sampler.num_paths must be at least 1, got {num_paths}")
 
-    probs: np.ndarray | None = None
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, num_paths={self.num_paths})"
 
     def sample(self, step: int) -> list[list[Arch]]:
         rng = self.generator(step)
@@ -115,7 +120,7 @@ class BiasedSampler(_IndependentSampler):
         super().__init__(num_layers, num_choices, seed, num_paths)
         weights = np.arange(1, num_choices + 1, dtype=float) if probs is None else np.asarray(probs, dtype=float)
         if weights.shape != (num_choices,) or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.probs must be {num_choices} non-negative weights with a positive sum "
                 f"(one per choice), got {list(probs) if probs is not None else None}"
             )
@@ -133,7 +138,9 @@ class FixedSampler(PathSampler):
         super().__init__(num_layers, num_choices, seed)
         self.arch = tuple(int(c) for c in arch)
         if len(self.arch) != num_layers or not all(0 <= c < num_choices for c in self.arch):
-            raise ValueError(f"fixed architecture {self.arch} does not fit {num_layers} layers x {num_choices} choices")
+            raise ConfigError(
+                f"fixed architecture {self.arch} does not fit {num_layers} layers x {num_choices} choices"
+            )
 
     def sample(self, step: int) -> list[list[Arch]]:
         return [[self.arch]]

@@ -8,6 +8,11 @@ from typing import Any
 import torch
 from pytorch_lightning.strategies import DDPStrategy
 
+from fairnas.config_error import ConfigError
+
+# Strategy names that mean plain DDP, with the start method each implies.
+_DDP_NAMES = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+
 
 def count_devices(accelerator: str, devices: Any) -> int:
     """How many devices Lightning will use per node for ``(accelerator, devices)``."""
@@ -22,7 +27,7 @@ def count_devices(accelerator: str, devices: Any) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"trainer.devices={devices!r} is not a number, a list or 'auto'") from None
+        raise ConfigError(f"trainer.devices={devices!r} is not a number, a list of ids or 'auto'") from None
 
 
 def resolve_strategy(
@@ -30,14 +35,15 @@ def resolve_strategy(
 ) -> Any:
     """The strategy to hand to the Trainer.
 
-    With more than one process and ``strategy='auto'`` this is DDP with
-    ``find_unused_parameters=True``: a fair step runs m backward passes through different paths,
-    and only the last one (outside ``no_sync``) all-reduces every parameter that any path used.
-    Default DDP refuses the second backward, and ``static_graph`` sees a changing graph. Explicit
-    strategies are passed through untouched.
+    With more than one process and ``strategy`` 'auto' (or a plain DDP name such as 'ddp'), this is
+    DDP with ``find_unused_parameters=True``: a fair step runs m backward passes through different
+    paths, and only the last one (outside ``no_sync``) all-reduces every parameter that any path
+    used. Default DDP refuses the second backward, and ``static_graph`` sees a changing graph.
+    Other strategies (objects, or names such as 'fsdp') are passed through untouched.
     """
-    if strategy != "auto":
-        return strategy
-    if count_devices(accelerator, devices) * int(num_nodes) > 1:
+    name = strategy if isinstance(strategy, str) else None
+    if name in _DDP_NAMES:
+        return DDPStrategy(find_unused_parameters=find_unused_parameters, start_method=_DDP_NAMES[name])
+    if name == "auto" and count_devices(accelerator, devices) * int(num_nodes) > 1:
         return DDPStrategy(find_unused_parameters=find_unused_parameters)
-    return "auto"
+    return strategy

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
+from fairnas.config_error import ConfigError
 from fairnas.models import ChildNet, Supernet
 from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
 from fairnas.samplers import PathSampler
@@ -56,8 +57,8 @@ class _ClassifierSystem(pl.LightningModule):
         self.weight_decay_bn_bias = weight_decay_bn_bias
         # Plain data that lets later stages (search, analysis) rebuild the run from the checkpoint.
         self.metadata = dict(metadata or {})
-
-    updates_per_batch: int = 1
+        self.updates_per_batch = 1
+        self.last_validated_step = -1
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(param_groups(self, self.weight_decay_bn_bias))
@@ -70,7 +71,7 @@ class _ClassifierSystem(pl.LightningModule):
         """Optimizer steps of the whole run (the horizon of the schedule)."""
         batches = self.trainer.estimated_stepping_batches
         if not np.isfinite(batches):
-            raise ValueError("the LR schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+            raise ConfigError("the LR schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
         total = int(batches) * self.updates_per_batch
         if self.trainer.max_steps is not None and self.trainer.max_steps > 0:
             total = min(total, self.trainer.max_steps)
@@ -79,10 +80,13 @@ class _ClassifierSystem(pl.LightningModule):
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
-    def _finish_update(self, optimizer: Any) -> None:
-        """Clip, step the optimizer once and the scheduler once."""
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        # Runs inside optimizer.step(), after mixed precision has unscaled the gradients.
         if self.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+
+    def _finish_update(self, optimizer: Any) -> None:
+        """Step the optimizer once (clipping first, see above) and the scheduler once."""
         optimizer.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -93,8 +97,6 @@ class _ClassifierSystem(pl.LightningModule):
         x, y = batch
         # Follows the module's dtype, so trainer.precision=64 runs fully in float64.
         return x.to(self.dtype), y
-
-    last_validated_step: int = -1
 
     def on_validation_end(self) -> None:
         if not self.trainer.sanity_checking:
@@ -155,9 +157,9 @@ class SupernetSystem(_ClassifierSystem):
     ) -> None:
         super().__init__(optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata)
         if grad_reduction not in ("sum", "mean"):
-            raise ValueError(f"grad_reduction must be 'sum' or 'mean', got {grad_reduction!r}")
+            raise ConfigError(f"grad_reduction must be 'sum' or 'mean', got {grad_reduction!r}")
         if (sampler.num_layers, sampler.num_choices) != (supernet.space.num_layers, supernet.space.num_choices):
-            raise ValueError(
+            raise ConfigError(
                 f"the sampler draws {sampler.num_layers} layers x {sampler.num_choices} choices but the space "
                 f"{supernet.space.name!r} has {supernet.space.num_layers} x {supernet.space.num_choices}"
             )
@@ -174,10 +176,12 @@ class SupernetSystem(_ClassifierSystem):
         self.updates_per_batch = sampler.updates_per_step
         space = supernet.space
         rng = np.random.default_rng(val_seed)
-        self.val_archs: list[tuple[int, ...]] = [
+        if val_archs < 0:
+            raise ConfigError(f"system.val_archs must be 0 or more, got {val_archs}")
+        self.eval_archs: list[tuple[int, ...]] = [
             tuple(int(c) for c in row) for row in rng.integers(0, space.num_choices, (val_archs, space.num_layers))
         ]
-        self.val_acc = nn.ModuleList(MulticlassAccuracy(supernet.num_classes, average="micro") for _ in self.val_archs)
+        self.val_acc = nn.ModuleList(MulticlassAccuracy(supernet.num_classes, average="micro") for _ in self.eval_archs)
         # Cumulative gradient contributions of every (layer, choice): a buffer, so it is
         # checkpointed and restored with the weights.
         self.register_buffer("block_usage", torch.zeros(space.num_layers, space.num_choices, dtype=torch.long))
@@ -197,10 +201,10 @@ class SupernetSystem(_ClassifierSystem):
             if 0 <= max_steps <= self.global_step:
                 break  # several updates per batch (ef): stop exactly at max_steps, not after the batch
             optimizer.zero_grad(set_to_none=True)
-            xs = x.chunk(len(group)) if self.split_batch else [x] * len(group)
-            ys = y.chunk(len(group)) if self.split_batch else [y] * len(group)
-            if len(xs) < len(group):
-                raise ValueError(f"split_batch needs a batch of at least {len(group)} samples, got {len(x)}")
+            if self.split_batch and len(x) < len(group):
+                raise ConfigError(f"system.split_batch needs batches of at least {len(group)} samples, got {len(x)}")
+            xs = x.tensor_split(len(group)) if self.split_batch else [x] * len(group)
+            ys = y.tensor_split(len(group)) if self.split_batch else [y] * len(group)
             for k, (arch, xk, yk) in enumerate(zip(group, xs, ys, strict=True)):
                 with self._sync_if(k == len(group) - 1):
                     logits = self.supernet(xk, arch)
@@ -265,10 +269,7 @@ class SupernetSystem(_ClassifierSystem):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "calibration_dataloader"):
             return datamodule.calibration_dataloader(self.val_bn_batches, seed=self.val_seed)
-        if self.trainer.train_dataloader is not None:
-            return self.trainer.train_dataloader
-        if datamodule is not None:
-            return datamodule.train_dataloader()
+        # Not the trainer's training loader: iterating it here would consume its shuffle RNG.
         return None
 
     def _calibration_batches(self, loader: Iterable) -> Iterator[Tensor]:
@@ -282,12 +283,15 @@ class SupernetSystem(_ClassifierSystem):
         loader = self._calibration_loader() if self.val_bn_batches else None
         if loader is None:
             if self.val_bn_batches:
-                rank_zero_warn("no training data to recalibrate BN with: evaluating with the supernet's statistics")
+                rank_zero_warn(
+                    "the datamodule has no calibration_dataloader(num_batches, seed): validating with the "
+                    "supernet's own BN statistics (set system.val_bn_batches=0 to silence this)"
+                )
             return
         all_bn = bn_layers([self.supernet])
         self._saved_bn = get_stats(all_bn)
         self._val_bn = []
-        for arch in self.val_archs:
+        for arch in self.eval_archs:
             layers = bn_layers(self.supernet.path_modules(arch))
             stats = recalibrate(lambda x, a=arch: self.supernet(x, a), layers, self._calibration_batches(loader))
             self._val_bn.append((layers, stats))
@@ -302,15 +306,18 @@ class SupernetSystem(_ClassifierSystem):
         """Accuracy of the K fixed architectures with the supernet's weights."""
         x, y = self._inputs(batch)
         losses = []
-        for k, (arch, metric) in enumerate(zip(self.val_archs, self.val_acc, strict=True)):
+        for k, (arch, metric) in enumerate(zip(self.eval_archs, self.val_acc, strict=True)):
             if self._val_bn is not None:
                 set_stats(*self._val_bn[k])
             logits = self.supernet(x, arch)
             losses.append(F.cross_entropy(logits, y))
             metric.update(logits, y)
-        self.log(f"{stage}/loss_mean", torch.stack(losses).mean(), sync_dist=True)
+        if losses:
+            self.log(f"{stage}/loss_mean", torch.stack(losses).mean(), sync_dist=True)
 
     def _log_accuracies(self, stage: str) -> None:
+        if not self.eval_archs:
+            return
         accs = torch.stack([m.compute() for m in self.val_acc])  # synchronised across ranks
         for m in self.val_acc:
             m.reset()
@@ -368,15 +375,14 @@ class StandaloneSystem(_ClassifierSystem):
         self.log("train/acc", (logits.detach().argmax(1) == y).float().mean())
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
-        x, y = self._inputs(batch)
-        logits = self.net(x)
-        self.val_acc.update(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)
-        self.log("val/acc", self.val_acc)
+        self._evaluate(batch, "val", self.val_acc)
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc)
+
+    def _evaluate(self, batch: Sequence[Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         x, y = self._inputs(batch)
         logits = self.net(x)
-        self.test_acc.update(logits, y)
-        self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)
-        self.log("test/acc", self.test_acc)
+        metric.update(logits, y)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.log(f"{stage}/acc", metric)
