@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -66,16 +66,11 @@ class _IDXDataModule(InMemoryDataModule):
     _torchvision_name: ClassVar[str]
     _apt_package: ClassVar[str | None] = None
 
-    def __init__(
-        self,
-        *,
-        data_dir: str | None,
-        download: bool,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        **common: object,
-    ) -> None:
-        super().__init__(num_classes=10, in_channels=1, image_size=28, mean=mean, std=std, **common)  # type: ignore[arg-type]
+    MEAN: ClassVar[tuple[float, ...]]
+    STD: ClassVar[tuple[float, ...]]
+
+    def __init__(self, data_dir: str | None = None, download: bool = True, **common: Any) -> None:
+        super().__init__(num_classes=10, in_channels=1, image_size=28, mean=self.MEAN, std=self.STD, **common)
         self.data_dir = None if data_dir is None else str(data_dir)
         self.download = bool(download)
 
@@ -179,35 +174,6 @@ class FashionMNISTDataModule(_IDXDataModule):
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     )  # fmt: skip
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        download: bool = True,
-        *,
-        augment: str | None = None,
-        crop_padding: int | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        val_size: int | float = 5000,
-        seed: int = 0,
-        train_subset: int | None = None,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            download=download,
-            mean=self.MEAN,
-            std=self.STD,
-            augment=augment,
-            crop_padding=crop_padding,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            val_size=val_size,
-            seed=seed,
-            train_subset=train_subset,
-            num_workers=num_workers,
-        )
-
     def _system_dirs(self) -> list[Path]:
         return [Path(DEBIAN_FASHION_MNIST_DIR)]
 
@@ -224,35 +190,6 @@ class MNISTDataModule(_IDXDataModule):
     MEAN = (0.1307,)
     STD = (0.3081,)
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        download: bool = True,
-        *,
-        augment: str | None = None,
-        crop_padding: int | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        val_size: int | float = 5000,
-        seed: int = 0,
-        train_subset: int | None = None,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            download=download,
-            mean=self.MEAN,
-            std=self.STD,
-            augment=augment,
-            crop_padding=crop_padding,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            val_size=val_size,
-            seed=seed,
-            train_subset=train_subset,
-            num_workers=num_workers,
-        )
-
 
 class _CIFARDataModule(InMemoryDataModule):
     """CIFAR loaded once through torchvision into memory (HWC -> CHW uint8)."""
@@ -263,34 +200,12 @@ class _CIFARDataModule(InMemoryDataModule):
     STD: ClassVar[tuple[float, ...]]
 
     def __init__(
-        self,
-        data_dir: str | None = None,
-        download: bool = True,
-        *,
-        augment: str | None = "crop_flip",
-        crop_padding: int | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        val_size: int | float = 5000,
-        seed: int = 0,
-        train_subset: int | None = None,
-        num_workers: int = 0,
+        self, data_dir: str | None = None, download: bool = True, augment: str | None = "crop_flip", **common: Any
     ) -> None:
         super().__init__(
-            num_classes=self._num_classes,
-            in_channels=3,
-            image_size=32,
-            mean=self.MEAN,
-            std=self.STD,
-            augment=augment,
-            crop_padding=crop_padding,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            val_size=val_size,
-            seed=seed,
-            train_subset=train_subset,
-            num_workers=num_workers,
-        )
+            num_classes=self._num_classes, in_channels=3, image_size=32, mean=self.MEAN, std=self.STD,
+            augment=augment, **common,
+        )  # fmt: skip
         self.data_dir = None if data_dir is None else str(data_dir)
         self.download = bool(download)
 

@@ -198,34 +198,8 @@ class ImageNetDataModule(ImageFolderDataModule):
 
     EXPECTED_CLASSES = 1000
 
-    def __init__(
-        self,
-        root: str,
-        image_size: int = 224,
-        val_size: int | float = 10000,
-        *,
-        augment: str | None = "crop_flip",
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        train_subset: int | None = None,
-        num_workers: int = 4,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        super().__init__(
-            root,
-            image_size,
-            val_size,
-            augment=augment,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            train_subset=train_subset,
-            num_workers=num_workers,
-            mean=mean,
-            std=std,
-        )
+    def __init__(self, root: str, image_size: int = 224, val_size: int | float = 10000, **common: Any) -> None:
+        super().__init__(root, image_size, val_size, **common)
         if self.num_classes != self.EXPECTED_CLASSES:
             warnings.warn(
                 f"ImageNet root {self.train_dir} has {self.num_classes} class folders, "
