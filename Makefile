@@ -27,8 +27,12 @@ data:
 		echo "note: could not install dataset-fashion-mnist with apt; train.py will try a download"; \
 	fi
 
+# The main job: train a strictly fair supernet, then search it (NSGA-II) and write best.yaml.
+RUN_DIR ?= outputs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S)
 run: setup
-	$(PY) train.py
+	$(PY) train.py hydra.run.dir=$(RUN_DIR)
+	$(PY) search.py ckpt_path=$(RUN_DIR)/checkpoints/last.ckpt hydra.run.dir=$(RUN_DIR)/search
+	@echo "supernet: $(RUN_DIR)   search results: $(RUN_DIR)/search (best.yaml, pareto.png)"
 
 test: setup
 	$(PY) -m pytest -q

@@ -8,7 +8,6 @@ python train.py arch=fairnas_a search_space=fairnas_imagenet dataset=imagenet da
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fairnas.config_error import ConfigError
-from fairnas.errors import user_error
+from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.system import resolve_strategy
 from fairnas.utils import write_json_atomic
@@ -44,6 +43,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "num_classes": datamodule.num_classes,
         "in_channels": datamodule.in_channels,
         "arch": None if arch is None else space.format_arch(arch),
+        # How to train an architecture of this space on this data from scratch (search.py prints it).
+        "retrain_overrides": _retrain_overrides(),
     }
     optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.scheduler)
     if arch is None:
@@ -104,6 +105,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def _retrain_overrides() -> list[str]:
+    if not HydraConfig.initialized():
+        return []
+    hc = HydraConfig.get()
+    picked = [f"{group}={hc.runtime.choices[group]}" for group in ("search_space", "dataset")]
+    return picked + [o for o in hc.overrides.task if o.startswith(("dataset.", "seed="))]
+
+
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
@@ -113,11 +122,7 @@ def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except Exception as err:
-        cause = user_error(err)
-        if cause is None:
-            raise  # a bug, not bad input: keep the full traceback
-        log.error("%s: %s", type(cause).__name__, cause)
-        sys.exit(2)
+        exit_on_user_error(err, log)
 
 
 if __name__ == "__main__":

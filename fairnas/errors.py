@@ -1,10 +1,14 @@
 """The errors a user can cause with bad input: reported as one clear message, not a stack trace."""
 
+import logging
+import sys
+
 from omegaconf.errors import MissingMandatoryValue
 
 from fairnas.config_error import ConfigError
 from fairnas.data.errors import DataError
 from fairnas.models.space import ArchitectureError, SearchSpaceError
+from fairnas.search.checkpoint import CheckpointError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ArchitectureError,
@@ -12,6 +16,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     FileNotFoundError,
     ConfigError,
+    CheckpointError,
     MissingMandatoryValue,
 )
 
@@ -23,3 +28,15 @@ def user_error(err: BaseException) -> BaseException | None:
             return err
         err = err.__cause__
     return None
+
+
+def exit_on_user_error(err: BaseException, log: logging.Logger) -> None:
+    """Ends the program with one clear message (stderr and the run's log) and exit code 2 when
+    ``err`` comes from bad input; re-raises anything else, a bug, with its full traceback."""
+    cause = user_error(err)
+    if cause is None:
+        raise err
+    message = f"{type(cause).__name__}: {cause}"
+    log.error(message)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

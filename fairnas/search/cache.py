@@ -1,0 +1,100 @@
+"""A persistent, append-only cache of evaluation results, keyed by architecture string.
+
+One JSON object per line: first a header with the fingerprint of what produced the results
+(checkpoint, calibration and validation settings), then one record per architecture. Appending a
+line and flushing it to disk is the only write, so a crash loses at most the line being written;
+a torn last line is ignored (with a warning) when the cache is read back. No pickle, no eval: a
+cache file can only ever yield plain numbers and strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from fairnas.config_error import ConfigError
+
+
+class ResultCache:
+    """Results by architecture string, persisted to ``path`` (in memory only if None).
+
+    Args:
+        path: The ``.jsonl`` file; created if missing, resumed if present.
+        fingerprint: What the results depend on; a file written under another fingerprint is
+            refused rather than silently mixed in.
+    """
+
+    def __init__(self, path: str | Path | None, fingerprint: dict[str, Any] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.fingerprint = fingerprint or {}
+        self._records: dict[str, dict[str, Any]] = {}
+        if self.path is not None and self.path.exists() and self.path.stat().st_size > 0:
+            self._load()
+        elif self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._append({"fingerprint": self.fingerprint})
+
+    def _load(self) -> None:
+        assert self.path is not None
+        lines = self.path.read_text().splitlines()
+        try:
+            header = json.loads(lines[0])["fingerprint"]
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+            raise ConfigError(
+                f"{self.path} is not an evaluation cache of fairnas: move it away or choose another run directory"
+            ) from None
+        if header != self.fingerprint:
+            differ = sorted(k for k in set(header) | set(self.fingerprint) if header.get(k) != self.fingerprint.get(k))
+            raise ConfigError(
+                f"the evaluation cache {self.path} was written with other settings ({', '.join(differ)} differ): "
+                "its results do not apply. Use another run directory (hydra.run.dir=...) or delete the file."
+            )
+        for number, line in enumerate(lines[1:], start=2):
+            try:
+                record = json.loads(line)
+                self._records[str(record["arch"])] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if number == len(lines):  # the write a crash interrupted
+                    warnings.warn(f"{self.path}: ignoring a torn last line", stacklevel=2)
+                    self._truncate_last_line()
+                else:
+                    raise ConfigError(
+                        f"{self.path}, line {number}: not a result record; the cache is corrupt"
+                    ) from None
+
+    def _truncate_last_line(self) -> None:
+        assert self.path is not None
+        data = self.path.read_bytes()
+        keep = data[: data.rstrip(b"\n").rfind(b"\n") + 1]
+        with open(self.path, "r+b") as f:
+            f.truncate(len(keep))
+
+    def _append(self, obj: dict[str, Any]) -> None:
+        assert self.path is not None
+        with open(self.path, "a") as f:
+            f.write(json.dumps(obj, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        record = self._records.get(key)
+        return dict(record) if record is not None else None
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        record = {**record, "arch": key}
+        self._records[key] = record
+        if self.path is not None:
+            self._append(record)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record, in the order first evaluated."""
+        return [dict(r) for r in self._records.values()]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records

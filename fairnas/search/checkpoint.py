@@ -1,0 +1,66 @@
+"""Reading a trained supernet back from a checkpoint, safely.
+
+Checkpoints are loaded with ``weights_only=True``: only tensors and plain data can come out of
+them, never code. Everything needed to rebuild the supernet (search space, data shape, dataset,
+seed) is stored by the training system under ``checkpoint["fairnas"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fairnas.models import SearchSpace, Supernet
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or not a fairnas supernet checkpoint."""
+
+
+def file_digest(path: str | Path, limit: int = 1 << 30) -> str:
+    """SHA-256 of a file (of its first ``limit`` bytes and its size, for huge files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(limit))
+    h.update(str(Path(path).stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dictionary (weights_only), with one clear error for every way it can be bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: give ckpt_path=<run dir>/checkpoints/last.ckpt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, code-bearing objects refused by weights_only
+        raise CheckpointError(
+            f"cannot read checkpoint {path} safely ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            "It is truncated, corrupt, or not a checkpoint written by fairnas train.py (checkpoints that need "
+            "code to load are refused)."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "fairnas" not in ckpt:
+        raise CheckpointError(f"{path} is not a fairnas checkpoint (no 'fairnas' metadata): train it with train.py")
+    return ckpt
+
+
+def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
+    """The trained supernet (on the CPU, eval mode) and the run metadata of a training checkpoint."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt["fairnas"]
+    if meta.get("arch"):
+        raise CheckpointError(
+            f"{path} holds a stand-alone network (arch={meta['arch']}), not a supernet: search needs a supernet "
+            "checkpoint (train.py without arch=...)"
+        )
+    space = SearchSpace.create(**meta["search_space"])
+    supernet = Supernet(space, meta["num_classes"], meta["in_channels"])
+    state = {k.removeprefix("supernet."): v for k, v in ckpt["state_dict"].items() if k.startswith("supernet.")}
+    try:
+        supernet.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not match its own search space {space.name!r}: {err}") from None
+    return supernet.eval(), meta

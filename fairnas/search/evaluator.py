@@ -1,0 +1,145 @@
+"""The supernet as an evaluator: one-shot accuracy of any architecture, with BN recalibration.
+
+For each architecture: reset the BatchNorm statistics of its path and re-estimate them as the
+exact mean over a fixed, seeded set of *training* batches (``bn_batches`` of them), then measure
+top-1 (and top-5 where there are more than 5 classes) on the validation split held out from the
+training set. The supernet's own statistics are restored after every call, so evaluating never
+changes what a checkpoint holds. Results are cached by architecture string (see
+:class:`ResultCache`), so a re-run or an interrupted search evaluates nothing twice.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fairnas.models import CostModel, SearchSpace, Supernet
+from fairnas.models.bn import bn_layers, preserved_stats, recalibrate
+from fairnas.search.cache import ResultCache
+
+Batch = tuple[Tensor, Tensor]
+
+
+def materialise(loader: Iterable, limit: int | None, device: torch.device) -> list[Batch]:
+    """The first ``limit`` batches of ``loader`` (all if None), moved to ``device`` once."""
+    batches = []
+    for i, (x, y) in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        batches.append((x.to(device), y.to(device)))
+    return batches
+
+
+class SupernetEvaluator:
+    """Accuracy (and costs) of architectures with a trained supernet's weights.
+
+    Args:
+        supernet: The trained supernet (put in eval mode here).
+        calibration: Training batches for BN recalibration (fixed: the same for every architecture).
+        validation: Validation batches (held out from the training set, never the test set).
+        cache: Where results persist; None keeps them in memory only.
+        cost_model: Exact MAdds / params of an architecture.
+        latency: Also measure latency (ms, median of ``latency_repeats`` batch-1 forwards of the
+            exported network on ``device``).
+        latency_repeats: Timed forwards per architecture (after 3 warm-up runs).
+    """
+
+    def __init__(
+        self,
+        supernet: Supernet,
+        calibration: Sequence[Batch],
+        validation: Sequence[Batch],
+        cost_model: CostModel,
+        cache: ResultCache | None = None,
+        latency: bool = False,
+        latency_repeats: int = 30,
+    ) -> None:
+        if not validation:
+            raise ValueError("the validation split is empty: nothing to evaluate architectures on")
+        self.supernet = supernet.eval()
+        self.space: SearchSpace = supernet.space
+        self.calibration = list(calibration)
+        self.validation = list(validation)
+        self.cost_model = cost_model
+        self.cache = cache if cache is not None else ResultCache(None)
+        self.latency = latency
+        self.latency_repeats = latency_repeats
+        self.num_classes = supernet.num_classes
+        self.evaluations = 0  # architectures evaluated by this object (not read from the cache)
+        param = next(supernet.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    def costs(self, arch: Sequence[int]) -> dict[str, float]:
+        """Cheap objectives of an architecture (latency is measured once and cached)."""
+        out = {"madds": float(self.cost_model.madds(arch)), "params": float(self.cost_model.params(arch))}
+        if self.latency:
+            out["latency_ms"] = self.result(arch)["latency_ms"]
+        return out
+
+    def accuracy(self, archs: Sequence[Sequence[int]]) -> list[float]:
+        """Top-1 one-shot accuracies of ``archs`` (evaluating only those not cached)."""
+        return [self.result(a)["acc1"] for a in archs]
+
+    def result(self, arch: Sequence[int]) -> dict[str, Any]:
+        """Every measured number of one architecture, from the cache when present."""
+        key = self.space.format_arch(arch)
+        cached = self.cache.get(key)
+        if cached is not None and (not self.latency or "latency_ms" in cached):
+            return cached
+        record = dict(cached or {})
+        if "acc1" not in record:
+            record.update(self.evaluate(arch))
+        if self.latency and "latency_ms" not in record:
+            record["latency_ms"] = self.measure_latency(arch)
+        record.update(arch=key, madds=self.cost_model.madds(arch), params=self.cost_model.params(arch))
+        self.cache.put(key, record)
+        return record
+
+    @torch.no_grad()
+    def evaluate(self, arch: Sequence[int]) -> dict[str, float]:
+        """Recalibrates the path's BN statistics, measures accuracy, restores the supernet."""
+        arch = tuple(int(c) for c in arch)
+        layers = bn_layers(self.supernet.path_modules(arch))
+        with preserved_stats(layers):
+            recalibrate(lambda x: self.supernet(x, arch), layers, (x.to(self.dtype) for x, _ in self.calibration))
+            correct1 = correct5 = total = 0
+            loss = 0.0
+            top5 = self.num_classes > 5
+            for x, y in self.validation:
+                logits = self.supernet(x.to(self.dtype), arch)
+                loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+                if top5:
+                    best = logits.topk(5, dim=1).indices
+                    correct1 += int((best[:, 0] == y).sum())
+                    correct5 += int((best == y[:, None]).any(1).sum())
+                else:
+                    correct1 += int((logits.argmax(1) == y).sum())
+                total += len(y)
+        self.evaluations += 1
+        out = {"acc1": correct1 / total, "loss": loss / total}
+        if top5:
+            out["acc5"] = correct5 / total
+        return out
+
+    @torch.no_grad()
+    def measure_latency(self, arch: Sequence[int]) -> float:
+        """Median wall time (ms) of a batch-1 forward of the exported network on this device."""
+        net = self.supernet.export(arch).eval()
+        size = self.validation[0][0].shape[-1]
+        x = torch.randn(1, self.supernet.in_channels, size, size, device=self.device, dtype=self.dtype)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        for _ in range(3):
+            net(x)
+        times = []
+        for _ in range(self.latency_repeats):
+            sync()
+            start = time.perf_counter()
+            net(x)
+            sync()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)

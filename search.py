@@ -1,0 +1,161 @@
+"""Search architectures with a trained supernet as the evaluator, and export the winners.
+
+    python search.py ckpt_path=outputs/.../checkpoints/last.ckpt                  # NSGA-II (default)
+    python search.py ckpt_path=... strategy=evolution strategy.max_madds=330e6
+    python search.py ckpt_path=... strategy=random strategy.num_samples=500
+
+Writes evaluated.csv, pareto.csv, pareto.png, best.yaml (each with the command that retrains it
+from scratch), evaluations.jsonl (the resumable cache) and results.json to the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from fairnas.errors import exit_on_user_error
+from fairnas.models import CostModel
+from fairnas.search import ResultCache, SearchProblem, SupernetEvaluator, load_supernet, materialise
+from fairnas.search.checkpoint import file_digest
+from fairnas.search.outputs import write_outputs
+from fairnas.utils import write_json_atomic
+
+log = logging.getLogger("fairnas")
+
+
+def search(cfg: DictConfig) -> dict[str, Any]:
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
+    supernet, meta = load_supernet(cfg.ckpt_path)
+    supernet.to(device)
+    space = supernet.space
+    ev = cfg.evaluator
+    if cfg.get("dataset") is not None:  # dataset=<name> on the command line
+        datamodule = instantiate(cfg.dataset, eval_batch_size=ev.batch_size)
+        dataset_info = OmegaConf.to_container(cfg.dataset, resolve=True)
+    else:
+        dataset_info = {**meta["dataset"], "eval_batch_size": ev.batch_size}
+        datamodule = instantiate(dataset_info)
+    datamodule.setup("fit")
+    calibration = materialise(datamodule.calibration_dataloader(ev.bn_batches, seed=ev.calibration_seed), None, device)
+    validation = materialise(datamodule.val_dataloader(), ev.val_batches, device)
+    cost_model = CostModel.create(space, datamodule.image_size, datamodule.num_classes, datamodule.in_channels)
+    fingerprint = {
+        "checkpoint": file_digest(cfg.ckpt_path),
+        "dataset": dataset_info,
+        "bn_batches": ev.bn_batches,
+        "calibration_seed": ev.calibration_seed,
+        "val_batches": ev.val_batches,
+        "device": device.type if ev.latency else None,
+    }
+    cache = ResultCache(out_dir / "evaluations.jsonl", fingerprint)
+    if len(cache):
+        log.info("resuming: %d architectures already evaluated in %s", len(cache), cache.path)
+    evaluator = SupernetEvaluator(
+        supernet, calibration, validation, cost_model, cache, latency=ev.latency, latency_repeats=ev.latency_repeats
+    )
+    strategy = instantiate(cfg.strategy)
+    log.info("searching %s (%d layers x %d choices) with %r", space.name, space.num_layers, space.num_choices, strategy)
+    with tqdm(desc="evaluating", unit="arch", dynamic_ncols=True) as bar:
+        problem = SearchProblem(
+            space.num_layers, space.num_choices, evaluator.costs, _progress(evaluator, bar), progress=None
+        )
+        archs = strategy.search(problem)
+    records = [{**evaluator.result(a), "blocks": " ".join(space.describe_arch(a))} for a in archs]
+    named = {name: evaluator.result(a) for name, a in space.archs.items()}
+
+    retrain = " ".join(["python train.py", *_retrain_overrides(cfg, meta, space.name)])
+    limits = {k: strategy_limit(cfg.strategy, k) for k in ("max_madds", "max_params", "max_latency_ms")}
+    objectives = list(cfg.strategy.get("objectives", ["madds"]))
+    front, figure = write_outputs(out_dir, records, objectives, limits, retrain, named, f"{space.name}: {strategy!r}")
+    best = max(records, key=lambda r: r["acc1"])
+    results = {
+        "strategy": type(strategy).__name__,
+        "seed": cfg.seed,
+        "search_space": space.name,
+        "num_evaluated": len(records),
+        "new_evaluations": evaluator.evaluations,
+        "front_size": len(front),
+        "search/best_acc1": best["acc1"],
+        "search/best_arch": best["arch"],
+        "search/best_madds": best["madds"],
+        "named": {k: {"arch": v["arch"], "acc1": v["acc1"], "madds": v["madds"]} for k, v in named.items()},
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    write_json_atomic(out_dir / "results.json", results)
+    _log_to_loggers(cfg, records, figure)
+    log.info("%d architectures (%d new); best %s acc %.4f; outputs in %s", len(records), evaluator.evaluations,
+             best["arch"], best["acc1"], out_dir)  # fmt: skip
+    return results
+
+
+def _retrain_overrides(cfg: DictConfig, meta: dict[str, Any], space: str) -> list[str]:
+    """The overrides that trained the supernet's data, or those of a dataset chosen for the search."""
+    overrides = meta.get("retrain_overrides") or [f"search_space={space}"]
+    if cfg.get("dataset") is None:
+        return overrides
+    hc = HydraConfig.get()
+    kept = [o for o in overrides if not o.startswith("dataset")]
+    return (
+        kept + [f"dataset={hc.runtime.choices['dataset']}"] + [o for o in hc.overrides.task if o.startswith("dataset.")]
+    )
+
+
+def strategy_limit(strategy_cfg: DictConfig, key: str) -> float | None:
+    value = strategy_cfg.get(key)
+    return None if value is None else float(value)
+
+
+def _progress(evaluator: SupernetEvaluator, bar: tqdm):
+    """Wraps the evaluator's accuracy so the bar moves by the architectures evaluated anew."""
+
+    def accuracy(archs):
+        before = evaluator.evaluations
+        out = evaluator.accuracy(archs)
+        bar.update(evaluator.evaluations - before)
+        bar.set_postfix(cached=len(evaluator.cache), refresh=False)
+        return out
+
+    return accuracy
+
+
+def _log_to_loggers(cfg: DictConfig, records: list[dict[str, Any]], figure: Any) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    from fairnas.search.outputs import records_csv
+
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        logger = instantiate(logger_cfg)
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure("search/pareto", figure)
+            logger.experiment.add_text("search/evaluated", "    " + records_csv(records).replace("\n", "\n    "))
+        elif isinstance(logger, WandbLogger):
+            import wandb
+
+            columns = sorted({k for r in records for k in r})
+            table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in records])
+            logger.experiment.log({"search/evaluated": table, "search/pareto": wandb.Image(figure)})
+        logger.finalize("success")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="search")
+def main(cfg: DictConfig) -> None:
+    try:
+        search(cfg)
+    except Exception as err:
+        exit_on_user_error(err, log)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The search stage: evaluator (BN recalibration, cache, resume), checkpoints, search.py end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import run_entry, tiny_space
+
+from fairnas.config_error import ConfigError
+from fairnas.data import SyntheticDataModule
+from fairnas.models import CostModel, Supernet
+from fairnas.models.bn import bn_layers, recalibrate
+from fairnas.search import ResultCache, SupernetEvaluator, materialise
+from fairnas.search.checkpoint import CheckpointError, load_supernet
+
+
+def trained_supernet(seed=0):
+    torch.manual_seed(seed)
+    space = tiny_space()
+    net = Supernet(space, seed=seed)
+    x = torch.randn(16, 3, 8, 8)
+    for arch in [(0, 1, 2), (1, 2, 0), (2, 0, 1)]:
+        net(x, arch)  # moves running statistics away from their initial values
+    return net.eval()
+
+
+def evaluator(net, cache=None, bn_batches=3):
+    dm = SyntheticDataModule(image_size=8, channels=3, num_classes=4, num_train=64, num_val=32, batch_size=8)
+    dm.setup("fit")
+    calib = materialise(dm.calibration_dataloader(bn_batches, seed=0), None, torch.device("cpu"))
+    val = materialise(dm.val_dataloader(), None, torch.device("cpu"))
+    return SupernetEvaluator(net, calib, val, CostModel.create(net.space), cache), calib, val
+
+
+def test_evaluation_is_deterministic_and_never_changes_the_supernet():
+    net = trained_supernet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ev, _, _ = evaluator(net)
+    first = ev.evaluate((1, 0, 1))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert ev.evaluate((1, 0, 1)) == first
+
+
+def test_evaluation_equals_the_exported_network_recalibrated_directly():
+    net = trained_supernet()
+    ev, calib, val = evaluator(net)
+    arch = (2, 1, 0)
+    child = net.export(arch).eval()
+    stats = recalibrate(child, bn_layers([child]), [x for x, _ in calib])
+    # the path's statistics as the evaluator computes them, read back inside its recalibration
+    layers = bn_layers(net.path_modules(arch))
+    theirs = recalibrate(lambda x: net(x, arch), layers, [x for x, _ in calib])
+    for (m1, v1, _), (m2, v2, _) in zip(stats, theirs):
+        torch.testing.assert_close(m1, m2)
+        torch.testing.assert_close(v1, v2)
+    with torch.no_grad():
+        correct = sum(int((child(x).argmax(1) == y).sum()) for x, y in val)
+    assert ev.evaluate(arch)["acc1"] == correct / sum(len(y) for _, y in val)
+
+
+def test_cache_resumes_without_evaluating_anything_twice(tmp_path):
+    path = tmp_path / "evaluations.jsonl"
+    ev, _, _ = evaluator(trained_supernet(), ResultCache(path, {"k": 1}))
+    first = ev.accuracy([(0, 0, 0), (1, 1, 1)])
+    assert ev.evaluations == 2
+    again, _, _ = evaluator(trained_supernet(), ResultCache(path, {"k": 1}))
+    assert again.accuracy([(0, 0, 0), (1, 1, 1), (2, 2, 2)])[:2] == first
+    assert again.evaluations == 1  # only the new one
+    with pytest.raises(ConfigError, match="written with other settings"):
+        ResultCache(path, {"k": 2})
+
+
+def test_cache_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "evaluations.jsonl"
+    cache = ResultCache(path, {})
+    cache.put("0-0-0", {"acc1": 0.5})
+    with open(path, "a") as f:
+        f.write('{"arch": "1-1-1", "acc')  # a crash in the middle of a write
+    with pytest.warns(UserWarning, match="torn last line"):
+        resumed = ResultCache(path, {})
+    assert resumed.get("0-0-0")["acc1"] == 0.5 and "1-1-1" not in resumed
+    resumed.put("1-1-1", {"acc1": 0.25})
+    assert ResultCache(path, {}).get("1-1-1")["acc1"] == 0.25
+
+
+def test_checkpoint_errors_are_clear_and_code_never_runs(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_supernet(tmp_path / "missing.ckpt")
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"state_dict": {}, "fairnas": {}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        load_supernet(truncated)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a fairnas checkpoint"):
+        load_supernet(foreign)
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": Evil(), "fairnas": {}}, f)
+    with pytest.raises(CheckpointError):
+        load_supernet(evil)
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def supernet_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("supernet")
+    proc = run_entry(
+        "train.py", "dataset=synthetic", "dataset.batch_size=64", "trainer.max_steps=4",
+        "trainer.limit_val_batches=1", "logger=none", f"hydra.run.dir={run}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_search_py_end_to_end(supernet_run, tmp_path):
+    out = tmp_path / "search"
+    ckpt = supernet_run / "checkpoints" / "last.ckpt"
+    args = [f"ckpt_path={ckpt}", "strategy=random", "strategy.num_samples=6", "evaluator.bn_batches=2",
+            f"hydra.run.dir={out}"]  # fmt: skip
+    proc = run_entry("search.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "evaluated.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {"arch", "acc1", "madds", "params"} <= set(rows[0])
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "pareto.csv").exists()
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["best"]["retrain"].startswith("python train.py search_space=fairnas_mini dataset=synthetic")
+    assert best["front"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_evaluated"] == 6 and results["new_evaluations"] == 6 + 2  # + the 2 named archs
+    # the same search again in the same directory evaluates nothing
+    proc = run_entry("search.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["new_evaluations"] == 0
+    # the printed command retrains the best architecture from scratch
+    cmd = best["best"]["retrain"].split()[2:]
+    retrain = tmp_path / "retrain"
+    proc = run_entry("train.py", *cmd, "trainer.max_steps=1", "trainer.limit_val_batches=1", f"hydra.run.dir={retrain}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((retrain / "results.json").read_text())["arch"] == best["best"]["arch"]
+
+
+def test_search_py_refuses_a_standalone_checkpoint(tmp_path):
+    run = tmp_path / "child"
+    assert run_entry(
+        "train.py", "arch=largest", "dataset=synthetic", "dataset.batch_size=64", "trainer.max_steps=1",
+        "trainer.limit_val_batches=1", "logger=none", f"hydra.run.dir={run}",
+    ).returncode == 0  # fmt: skip
+    proc = run_entry("search.py", f"ckpt_path={run}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path / 's'}")
+    assert proc.returncode == 2 and "holds a stand-alone network" in proc.stderr
+    assert "Traceback" not in proc.stderr

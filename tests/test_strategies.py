@@ -1,0 +1,331 @@
+"""Search strategies on toy problems whose optimum and Pareto front are known by enumeration."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from hydra.utils import instantiate
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from fairnas.config_error import ConfigError
+from fairnas.search import (
+    EvolutionSearch,
+    NSGA2Search,
+    RandomSearch,
+    SearchProblem,
+    SearchStrategy,
+    pareto_front,
+    sample_feasible,
+)
+from fairnas.search.strategies import ENUMERATE_LIMIT, MAX_DRAWS_PER_SAMPLE
+
+Arch = tuple[int, ...]
+L, M = 5, 4  # 1024 architectures: small enough to enumerate
+
+
+class Toy:
+    """Additive accuracy / MAdds / params tables plus one interaction term, with a record of every ask.
+
+    Accuracy grows with MAdds (bigger ops are better, as in real spaces) plus noise, so the
+    accuracy-vs-MAdds Pareto front has many points.
+    """
+
+    def __init__(self, seed: int = 1, layers: int = L, choices: int = M) -> None:
+        rng = np.random.default_rng(seed)
+        self.layers, self.choices = layers, choices
+        self.madds = rng.uniform(1, 10, size=(layers, choices))
+        self.params = rng.uniform(1, 5, size=(layers, choices))
+        self.weights = 0.3 * self.madds + rng.normal(size=(layers, choices))
+        self.interaction = rng.normal(scale=0.5, size=(choices, choices))
+        self.asked: list[Arch] = []
+        self.calls = 0
+        self.cost_calls = 0
+        self.progress: list[int] = []
+
+    def acc(self, arch: Arch) -> float:
+        return float(self.weights[np.arange(self.layers), arch].sum() + self.interaction[arch[0], arch[-1]])
+
+    def costs(self, arch: Arch) -> dict[str, float]:
+        self.cost_calls += 1
+        idx = np.arange(self.layers), arch
+        return {"madds": float(self.madds[idx].sum()), "params": float(self.params[idx].sum())}
+
+    def accuracy(self, archs: Sequence[Arch]) -> list[float]:
+        self.calls += 1
+        self.asked.extend(archs)
+        return [self.acc(a) for a in archs]
+
+    def problem(self) -> SearchProblem:
+        return SearchProblem(self.layers, self.choices, self.costs, self.accuracy, self.progress.append)
+
+    def all_archs(self) -> list[Arch]:
+        return list(itertools.product(range(self.choices), repeat=self.layers))
+
+    def best(self, max_madds: float = np.inf) -> Arch:
+        feasible = [a for a in self.all_archs() if self.costs(a)["madds"] <= max_madds]
+        return max(feasible, key=self.acc)
+
+    def front(self, max_madds: float = np.inf) -> set[Arch]:
+        feasible = [a for a in self.all_archs() if self.costs(a)["madds"] <= max_madds]
+        points = [(self.acc(a), self.costs(a)["madds"]) for a in feasible]
+        return {feasible[i] for i in pareto_front(points, ["max", "min"])}
+
+    def median_madds(self) -> float:
+        return float(np.median([self.costs(a)["madds"] for a in self.all_archs()]))
+
+
+def run(strategy: SearchStrategy, toy: Toy | None = None) -> tuple[list[Arch], Toy]:
+    """Search a fresh toy; checks the contract every strategy shares."""
+    toy = toy or Toy()
+    found = strategy.search(toy.problem())
+    assert found == toy.asked, "returns exactly what it evaluated, in evaluation order"
+    assert len(set(found)) == len(found), "no architecture is asked twice"
+    assert sum(toy.progress) == len(found) and len(toy.progress) == toy.calls
+    assert all(len(a) == toy.layers and all(0 <= c < toy.choices for c in a) for a in found)
+    assert all(type(c) is int for a in found for c in a)
+    return found, toy
+
+
+STRATEGIES = {
+    "random": lambda seed, **kw: RandomSearch(num_samples=200, seed=seed, **kw),
+    "evolution": lambda seed, **kw: EvolutionSearch(20, 8, 5, 0.2, 10, 10, seed=seed, **kw),
+    "nsga2": lambda seed, **kw: NSGA2Search(20, 8, ["madds"], seed=seed, **kw),
+}
+
+
+# ---------------------------------------------------------------- random search
+
+
+def test_random_search_evaluates_distinct_samples_in_batches():
+    found, toy = run(RandomSearch(num_samples=230, seed=0, batch_size=50))
+    assert len(found) == 230
+    assert [len(b) for b in np.split(np.array(found), [50, 100, 150, 200])] == [50, 50, 50, 50, 30]
+    assert toy.progress == [50, 50, 50, 50, 30]
+
+
+def test_random_search_with_budget_over_the_space_evaluates_everything_and_finds_the_optimum():
+    found, toy = run(RandomSearch(num_samples=5000, seed=0))
+    assert set(found) == set(toy.all_archs())  # stopped after the bounded retries, not forever
+    assert max(found, key=toy.acc) == toy.best()
+
+
+def test_random_search_finds_the_optimum_under_a_limit():
+    toy = Toy()
+    limit = toy.median_madds()
+    found, toy = run(RandomSearch(num_samples=400, seed=0, max_madds=limit), toy)
+    assert all(toy.costs(a)["madds"] <= limit for a in toy.asked)
+    assert max(found, key=toy.acc) == toy.best(limit)
+
+
+# ---------------------------------------------------------------- evolution
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_evolution_finds_the_optimum_with_a_fraction_of_the_space(seed):
+    found, toy = run(EvolutionSearch(20, 10, 5, 0.2, 10, 10, seed=seed))
+    assert len(found) <= 220 < len(toy.all_archs())
+    assert max(found, key=toy.acc) == toy.best()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_evolution_finds_the_constrained_optimum_and_never_evaluates_over_the_limit(seed):
+    toy = Toy()
+    limit = toy.median_madds()
+    found, toy = run(EvolutionSearch(20, 10, 5, 0.2, 10, 10, seed=seed, max_madds=limit), toy)
+    assert all(toy.costs(a)["madds"] <= limit for a in toy.asked)
+    assert max(found, key=toy.acc) == toy.best(limit)
+    assert toy.costs(toy.best())["madds"] > limit  # the limit matters: the free optimum is excluded
+
+
+def test_evolution_stops_early_when_no_new_child_exists():
+    toy = Toy(layers=2, choices=3)  # 9 architectures
+    found, _ = run(EvolutionSearch(4, 50, 2, 0.5, 5, 5, seed=0), toy)
+    assert set(found) == set(toy.all_archs())
+
+
+# ---------------------------------------------------------------- NSGA-II
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nsga2_recovers_the_true_pareto_front(seed):
+    found, toy = run(NSGA2Search(population=30, generations=15, objectives=["madds"], seed=seed))
+    true_front = toy.front()
+    assert len(true_front) >= 10
+    assert true_front <= set(found)
+    points = [(toy.acc(a), toy.costs(a)["madds"]) for a in found]
+    assert {found[i] for i in pareto_front(points, ["max", "min"])} == true_front
+    assert len(found) <= 30 * 15 < len(toy.all_archs())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nsga2_recovers_the_constrained_front_and_never_evaluates_over_the_limit(seed):
+    toy = Toy()
+    limit = toy.median_madds()
+    found, toy = run(NSGA2Search(30, 15, ["madds"], seed=seed, max_madds=limit), toy)
+    assert all(toy.costs(a)["madds"] <= limit for a in toy.asked)
+    assert toy.front(limit) <= set(found)
+
+
+def test_nsga2_with_two_cost_objectives_and_a_params_limit():
+    toy = Toy()
+    found, toy = run(NSGA2Search(20, 5, ["madds", "params"], seed=0, max_params=15.0), toy)
+    assert found and all(toy.costs(a)["params"] <= 15.0 for a in found)
+
+
+def test_nsga2_rejects_an_objective_the_cost_model_lacks():
+    with pytest.raises(ConfigError, match="latency_ms"):
+        NSGA2Search(10, 2, ["latency_ms"], seed=0).search(Toy().problem())
+
+
+# ---------------------------------------------------------------- shared contract
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_same_seed_same_evaluations_other_seed_differs(name):
+    make = STRATEGIES[name]
+    first, _ = run(make(0))
+    again, _ = run(make(0))
+    other, _ = run(make(1))
+    assert first == again
+    assert first != other
+    strategy = make(0)  # a strategy object can search twice and repeats itself
+    assert strategy.search(Toy().problem()) == strategy.search(Toy().problem())
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_unsatisfiable_limits_fail_fast_with_a_helpful_message(name):
+    toy = Toy()
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="unsatisfiable") as info:
+        STRATEGIES[name](0, max_madds=1.0, max_params=1e9).search(toy.problem())
+    assert time.perf_counter() - start < 5
+    assert "max_madds=1" in str(info.value) and "madds=" in str(info.value) and "params=" in str(info.value)
+    assert toy.calls == 0 and toy.cost_calls <= len(toy.all_archs())  # the small toy space is walked once
+
+
+def test_unsatisfiable_limits_in_a_large_space_stop_after_the_bounded_draws():
+    toy = Toy(layers=12, choices=6)
+    assert toy.choices**toy.layers > ENUMERATE_LIMIT
+    with pytest.raises(ConfigError, match=f"{MAX_DRAWS_PER_SAMPLE} random architectures.*unsatisfiable"):
+        RandomSearch(num_samples=10, seed=0, max_madds=5.0).search(toy.problem())
+    assert toy.calls == 0 and toy.cost_calls == MAX_DRAWS_PER_SAMPLE
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_latency_limit_without_a_latency_model_is_a_config_error(name):
+    with pytest.raises(ConfigError, match="latency_ms"):
+        STRATEGIES[name](0, max_latency_ms=5.0).search(Toy().problem())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RandomSearch(num_samples=0),
+        lambda: RandomSearch(batch_size=0),
+        lambda: RandomSearch(seed=-1),
+        lambda: RandomSearch(num_samples="many"),
+        lambda: RandomSearch(max_madds="lots"),
+        lambda: RandomSearch(max_params=float("inf")),
+        lambda: EvolutionSearch(mutation_prob=0.0),
+        lambda: EvolutionSearch(parents=0),
+        lambda: EvolutionSearch(num_mutations=2.5),
+        lambda: NSGA2Search(population=1),
+        lambda: NSGA2Search(generations=0),
+        lambda: NSGA2Search(objectives="madds"),
+        lambda: NSGA2Search(objectives=["madds", "madds"]),
+    ],
+)
+def test_invalid_settings_are_config_errors(make):
+    with pytest.raises(ConfigError):
+        make()
+
+
+def test_search_problem_rejects_an_empty_space():
+    with pytest.raises(ConfigError):
+        SearchProblem(0, 3, lambda a: {}, lambda archs: [])
+
+
+# ---------------------------------------------------------------- sample_feasible
+
+
+def test_sample_feasible_is_distinct_feasible_and_skips_the_excluded():
+    toy = Toy()
+    limits = {"madds": toy.median_madds()}
+    exclude = set(toy.all_archs()[::2])
+    archs = sample_feasible(np.random.default_rng(0), toy.problem(), limits, 100, exclude=exclude)
+    assert len(archs) == len(set(archs)) == 100
+    assert not set(archs) & exclude
+    assert all(toy.costs(a)["madds"] <= limits["madds"] for a in archs)
+
+
+def test_sample_feasible_returns_fewer_when_the_feasible_space_is_exhausted():
+    toy = Toy(layers=2, choices=3)
+    archs = sample_feasible(np.random.default_rng(0), toy.problem(), {}, 20)
+    assert sorted(archs) == toy.all_archs()
+    assert sample_feasible(np.random.default_rng(0), toy.problem(), {}, 5, exclude=toy.all_archs()) == []
+
+
+# ---------------------------------------------------------------- pareto_front
+
+
+def test_pareto_front_on_hand_made_points():
+    # (accuracy: max, madds: min)
+    points = [(0.9, 300), (0.8, 200), (0.85, 300), (0.8, 250), (0.7, 100), (0.9, 300), (0.6, 100)]
+    assert pareto_front(points, ["max", "min"]) == [0, 1, 4, 5]  # duplicates (0 and 5) are both kept
+    assert pareto_front(points, ["min", "max"]) == [2, 3, 6]  # flipped senses: (0.85, 300) beats (0.9, 300)
+    assert pareto_front([(1, 1), (1, 1)], ["max", "max"]) == [0, 1]
+    assert pareto_front([(1, 2), (1, 3)], ["max", "max"]) == [1]  # a tie in one objective, better in the other
+    assert pareto_front([(3,), (5,), (5,)], ["max"]) == [1, 2]
+    assert pareto_front([(3,), (5,)], ["min"]) == [0]
+    assert pareto_front([], ["max"]) == []
+
+
+def test_pareto_front_rejects_bad_input():
+    with pytest.raises(ValueError):
+        pareto_front([(1, 2)], ["max", "up"])
+    with pytest.raises(ValueError):
+        pareto_front([(1, 2, 3)], ["max", "min"])
+    with pytest.raises(ValueError):
+        pareto_front([(float("nan"), 2)], ["max", "min"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    points=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)), max_size=25),
+    senses=st.lists(st.sampled_from(["max", "min"]), min_size=3, max_size=3),
+)
+def test_pareto_front_matches_the_definition(points, senses):
+    sign = [1 if s == "max" else -1 for s in senses]
+
+    def dominates(p, q):
+        p, q = [a * s for a, s in zip(p, sign)], [a * s for a, s in zip(q, sign)]
+        return all(a >= b for a, b in zip(p, q)) and any(a > b for a, b in zip(p, q))
+
+    expected = [i for i, q in enumerate(points) if not any(dominates(p, q) for p in points)]
+    assert pareto_front(points, senses) == expected
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml")))
+def test_strategy_configs_instantiate_and_search(name):
+    cfg = OmegaConf.merge({"seed": 0}, {"strategy": OmegaConf.load(ROOT / "conf" / "strategy" / f"{name}.yaml")})
+    strategy = instantiate(cfg.strategy)
+    assert isinstance(strategy, SearchStrategy) and strategy.seed == 0 and strategy.limits == {}
+    cfg.strategy.max_madds = 30.0
+    limited = instantiate(cfg.strategy)
+    assert limited.limits == {"madds": 30.0}
+    found = limited.search(Toy(layers=3, choices=3).problem())
+    assert found
+
+
+def test_strategy_config_names_are_the_three_strategies():
+    assert sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml")) == ["evolution", "nsga2", "random"]
