@@ -77,6 +77,18 @@ def test_cache_resumes_without_evaluating_anything_twice(tmp_path):
         ResultCache(path, {"k": 2})
 
 
+def test_latency_is_measured_once_and_cached(tmp_path):
+    cache = ResultCache(tmp_path / "c.jsonl", {})
+    ev, _, _ = evaluator(trained_supernet(), cache)
+    ev.latency, ev.latency_repeats = True, 5
+    costs = ev.costs((1, 1, 1))
+    assert costs["latency_ms"] > 0 and set(costs) == {"madds", "params", "latency_ms"}
+    assert ev.costs((1, 1, 1)) == costs
+    assert ev.evaluations == 0  # limits are checked on costs before any accuracy is measured
+    assert ev.result((1, 1, 1))["latency_ms"] == costs["latency_ms"] and ev.evaluations == 1
+    assert ResultCache(tmp_path / "c.jsonl", {}).get("1-1-1")["latency_ms"] == costs["latency_ms"]
+
+
 def test_cache_survives_a_torn_last_line(tmp_path):
     path = tmp_path / "evaluations.jsonl"
     cache = ResultCache(path, {})
@@ -132,7 +144,7 @@ def test_search_py_end_to_end(supernet_run, tmp_path):
     out = tmp_path / "search"
     ckpt = supernet_run / "checkpoints" / "last.ckpt"
     args = [f"ckpt_path={ckpt}", "strategy=random", "strategy.num_samples=6", "evaluator.bn_batches=2",
-            f"hydra.run.dir={out}"]  # fmt: skip
+            "logger=tensorboard", f"hydra.run.dir={out}"]  # fmt: skip
     proc = run_entry("search.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "evaluated.csv") as f:
@@ -142,6 +154,11 @@ def test_search_py_end_to_end(supernet_run, tmp_path):
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["best"]["retrain"].startswith("python train.py search_space=fairnas_mini dataset=synthetic")
     assert best["front"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "search/pareto" in events.Tags()["images"]
     results = json.loads((out / "results.json").read_text())
     assert results["num_evaluated"] == 6 and results["new_evaluations"] == 6 + 2  # + the 2 named archs
     # the same search again in the same directory evaluates nothing

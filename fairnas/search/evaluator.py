@@ -75,11 +75,23 @@ class SupernetEvaluator:
         self.device, self.dtype = param.device, param.dtype
 
     def costs(self, arch: Sequence[int]) -> dict[str, float]:
-        """Cheap objectives of an architecture (latency is measured once and cached)."""
+        """Cheap objectives, checked against limits before any accuracy is measured.
+
+        Latency (when enabled) is measured here, once, and cached, without evaluating accuracy.
+        """
         out = {"madds": float(self.cost_model.madds(arch)), "params": float(self.cost_model.params(arch))}
         if self.latency:
-            out["latency_ms"] = self.result(arch)["latency_ms"]
+            key = self.space.format_arch(arch)
+            record = self.cache.get(key) or {}
+            if "latency_ms" not in record:
+                record.update(self._costs_record(arch), latency_ms=self.measure_latency(arch))
+                self.cache.put(key, record)
+            out["latency_ms"] = record["latency_ms"]
         return out
+
+    def _costs_record(self, arch: Sequence[int]) -> dict[str, Any]:
+        return {"arch": self.space.format_arch(arch), "madds": self.cost_model.madds(arch),
+                "params": self.cost_model.params(arch)}  # fmt: skip
 
     def accuracy(self, archs: Sequence[Sequence[int]]) -> list[float]:
         """Top-1 one-shot accuracies of ``archs`` (evaluating only those not cached)."""
@@ -88,15 +100,14 @@ class SupernetEvaluator:
     def result(self, arch: Sequence[int]) -> dict[str, Any]:
         """Every measured number of one architecture, from the cache when present."""
         key = self.space.format_arch(arch)
-        cached = self.cache.get(key)
-        if cached is not None and (not self.latency or "latency_ms" in cached):
-            return cached
-        record = dict(cached or {})
+        record = self.cache.get(key) or {}
+        if "acc1" in record and (not self.latency or "latency_ms" in record):
+            return record
         if "acc1" not in record:
             record.update(self.evaluate(arch))
         if self.latency and "latency_ms" not in record:
             record["latency_ms"] = self.measure_latency(arch)
-        record.update(arch=key, madds=self.cost_model.madds(arch), params=self.cost_model.params(arch))
+        record.update(self._costs_record(arch))
         self.cache.put(key, record)
         return record
 
