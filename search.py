@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel
-from fairnas.search import ResultCache, SearchProblem, SupernetEvaluator, load_supernet, materialise
+from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator, load_supernet
 from fairnas.search.checkpoint import file_digest
 from fairnas.search.outputs import write_outputs
 from fairnas.utils import write_json_atomic
@@ -48,8 +48,10 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         dataset_info = {**meta["dataset"], "eval_batch_size": ev.batch_size}
         datamodule = instantiate(dataset_info)
     datamodule.setup("fit")
-    calibration = materialise(datamodule.calibration_dataloader(ev.bn_batches, seed=ev.calibration_seed), None, device)
-    validation = materialise(datamodule.val_dataloader(), ev.val_batches, device)
+    calibration = DeviceBatches(
+        datamodule.calibration_dataloader(ev.bn_batches, seed=ev.calibration_seed), None, device, ev.preload
+    )
+    validation = DeviceBatches(datamodule.val_dataloader(), ev.val_batches, device, ev.preload)
     cost_model = CostModel.create(space, datamodule.image_size, datamodule.num_classes, datamodule.in_channels)
     fingerprint = {
         "checkpoint": file_digest(cfg.ckpt_path),
@@ -123,8 +125,8 @@ def _progress(evaluator: SupernetEvaluator, bar: tqdm):
     def accuracy(archs):
         before = evaluator.evaluations
         out = evaluator.accuracy(archs)
-        bar.update(evaluator.evaluations - before)
         bar.set_postfix(cached=len(evaluator.cache), refresh=False)
+        bar.update(evaluator.evaluations - before)
         return out
 
     return accuracy

@@ -16,7 +16,7 @@ from fairnas.config_error import ConfigError
 from fairnas.data import SyntheticDataModule
 from fairnas.models import CostModel, Supernet
 from fairnas.models.bn import bn_layers, recalibrate
-from fairnas.search import ResultCache, SupernetEvaluator, materialise
+from fairnas.search import DeviceBatches, ResultCache, SupernetEvaluator, materialise
 from fairnas.search.checkpoint import CheckpointError, load_supernet
 
 
@@ -63,6 +63,20 @@ def test_evaluation_equals_the_exported_network_recalibrated_directly():
     with torch.no_grad():
         correct = sum(int((child(x).argmax(1) == y).sum()) for x, y in val)
     assert ev.evaluate(arch)["acc1"] == correct / sum(len(y) for _, y in val)
+
+
+def test_streaming_batches_give_the_same_results_as_preloaded_ones():
+    net = trained_supernet()
+    dm = SyntheticDataModule(image_size=8, channels=3, num_classes=4, num_train=64, num_val=32, batch_size=8)
+    dm.setup("fit")
+    cpu = torch.device("cpu")
+    results = []
+    for preload in (True, False):
+        calib = DeviceBatches(dm.calibration_dataloader(3, seed=0), None, cpu, preload)
+        val = DeviceBatches(dm.val_dataloader(), 3, cpu, preload)
+        assert len(val) == 3
+        results.append(SupernetEvaluator(net, calib, val, CostModel.create(net.space)).evaluate((2, 0, 1)))
+    assert results[0] == results[1]
 
 
 def test_cache_resumes_without_evaluating_anything_twice(tmp_path):

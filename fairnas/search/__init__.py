@@ -2,7 +2,7 @@
 
 from fairnas.search.cache import ResultCache
 from fairnas.search.checkpoint import CheckpointError, load_supernet
-from fairnas.search.evaluator import SupernetEvaluator, materialise
+from fairnas.search.evaluator import DeviceBatches, SupernetEvaluator, materialise
 from fairnas.search.strategies import (
     Arch,
     EvolutionSearch,
@@ -19,6 +19,7 @@ from fairnas.search.strategies import (
 __all__ = [
     "Arch",
     "CheckpointError",
+    "DeviceBatches",
     "ResultCache",
     "SupernetEvaluator",
     "load_supernet",

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from fairnas.config_error import ConfigError
 from fairnas.models import CostModel, SearchSpace, Supernet
 from fairnas.models.bn import bn_layers, preserved_stats, recalibrate
 from fairnas.search.cache import ResultCache
@@ -25,14 +26,37 @@ from fairnas.search.cache import ResultCache
 Batch = tuple[Tensor, Tensor]
 
 
+class DeviceBatches:
+    """Re-iterable view of the first ``limit`` batches of ``loader`` (all if None) on ``device``.
+
+    With ``preload`` the batches are read once and kept on the device (small data: no loading
+    cost per architecture); without it they stream from the loader on every pass (large data
+    such as ImageNet, where 10,000 validation images would not fit).
+    """
+
+    def __init__(self, loader: Iterable, limit: int | None, device: torch.device, preload: bool = True) -> None:
+        self.loader, self.limit, self.device = loader, limit, device
+        self.batches = list(self._stream()) if preload else None
+
+    def _stream(self) -> Iterator[Batch]:
+        for i, (x, y) in enumerate(self.loader):
+            if self.limit is not None and i >= self.limit:
+                break
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.batches) if self.batches is not None else self._stream()
+
+    def __len__(self) -> int:
+        if self.batches is not None:
+            return len(self.batches)
+        n = len(self.loader)
+        return n if self.limit is None else min(n, self.limit)
+
+
 def materialise(loader: Iterable, limit: int | None, device: torch.device) -> list[Batch]:
     """The first ``limit`` batches of ``loader`` (all if None), moved to ``device`` once."""
-    batches = []
-    for i, (x, y) in enumerate(loader):
-        if limit is not None and i >= limit:
-            break
-        batches.append((x.to(device), y.to(device)))
-    return batches
+    return list(DeviceBatches(loader, limit, device).batches or [])
 
 
 class SupernetEvaluator:
@@ -52,19 +76,19 @@ class SupernetEvaluator:
     def __init__(
         self,
         supernet: Supernet,
-        calibration: Sequence[Batch],
-        validation: Sequence[Batch],
+        calibration: Iterable[Batch],
+        validation: Iterable[Batch],
         cost_model: CostModel,
         cache: ResultCache | None = None,
         latency: bool = False,
         latency_repeats: int = 30,
     ) -> None:
-        if not validation:
-            raise ValueError("the validation split is empty: nothing to evaluate architectures on")
+        if len(validation) == 0:
+            raise ConfigError("the validation split is empty: nothing to evaluate architectures on (dataset.val_size)")
         self.supernet = supernet.eval()
         self.space: SearchSpace = supernet.space
-        self.calibration = list(calibration)
-        self.validation = list(validation)
+        self.calibration = calibration
+        self.validation = validation
         self.cost_model = cost_model
         self.cache = cache if cache is not None else ResultCache(None)
         self.latency = latency
@@ -141,7 +165,7 @@ class SupernetEvaluator:
     def measure_latency(self, arch: Sequence[int]) -> float:
         """Median wall time (ms) of a batch-1 forward of the exported network on this device."""
         net = self.supernet.export(arch).eval()
-        size = self.validation[0][0].shape[-1]
+        size = next(iter(self.validation))[0].shape[-1]
         x = torch.randn(1, self.supernet.in_channels, size, size, device=self.device, dtype=self.dtype)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         for _ in range(3):
