@@ -531,7 +531,7 @@ class NSGA2Search(SearchStrategy):
     def __init__(
         self,
         population: int = 40,
-        generations: int = 20,
+        generations: int = 10,
         objectives: Sequence[str] = ("madds",),
         seed: int = 0,
         max_madds: float | None = None,
