@@ -28,7 +28,7 @@ data:
 	fi
 
 # The main job: train a strictly fair supernet, then search it (NSGA-II) and write best.yaml.
-RUN_DIR ?= outputs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S)
+RUN_DIR := outputs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S)
 run: setup
 	$(PY) train.py hydra.run.dir=$(RUN_DIR)
 	$(PY) search.py ckpt_path=$(RUN_DIR)/checkpoints/last.ckpt hydra.run.dir=$(RUN_DIR)/search

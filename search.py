@@ -11,6 +11,7 @@ from scratch), evaluations.jsonl (the resumable cache) and results.json to the r
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
+from fairnas.config_error import ConfigError
 from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel
 from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator, load_supernet
@@ -35,18 +37,26 @@ log = logging.getLogger("fairnas")
 def search(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
+    device = _device(cfg.device)
     supernet, meta = load_supernet(cfg.ckpt_path)
     supernet.to(device)
     space = supernet.space
     ev = cfg.evaluator
     if cfg.get("dataset") is not None:  # dataset=<name> on the command line
-        datamodule = instantiate(cfg.dataset, eval_batch_size=ev.batch_size)
+        with open_dict(cfg):
+            cfg.search_space = meta["search_space"]  # for ${search_space.*} in dataset configs
+            if not any(o.startswith("dataset.seed=") for o in HydraConfig.get().overrides.task):
+                cfg.dataset.seed = meta["seed"]  # the split the supernet was trained with, not the strategy seed
         dataset_info = OmegaConf.to_container(cfg.dataset, resolve=True)
     else:
-        dataset_info = {**meta["dataset"], "eval_batch_size": ev.batch_size}
-        datamodule = instantiate(dataset_info)
+        dataset_info = dict(meta["dataset"])
+    dataset_info["eval_batch_size"] = ev.batch_size
+    datamodule = instantiate(dataset_info)
+    if (datamodule.num_classes, datamodule.in_channels) != (meta["num_classes"], meta["in_channels"]):
+        raise ConfigError(
+            f"the dataset has {datamodule.num_classes} classes and {datamodule.in_channels} channels but the "
+            f"supernet was trained for {meta['num_classes']} and {meta['in_channels']}: search it on data of that shape"
+        )
     datamodule.setup("fit")
     calibration = DeviceBatches(
         datamodule.calibration_dataloader(ev.bn_batches, seed=ev.calibration_seed), None, device, ev.preload
@@ -59,14 +69,15 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         "bn_batches": ev.bn_batches,
         "calibration_seed": ev.calibration_seed,
         "val_batches": ev.val_batches,
-        "device": device.type if ev.latency else None,
+        "latency": [device.type, ev.latency_repeats] if ev.latency else None,
     }
     cache = ResultCache(out_dir / "evaluations.jsonl", fingerprint)
     if len(cache):
         log.info("resuming: %d architectures already evaluated in %s", len(cache), cache.path)
     evaluator = SupernetEvaluator(
-        supernet, calibration, validation, cost_model, cache, latency=ev.latency, latency_repeats=ev.latency_repeats
-    )
+        supernet, calibration, validation, cost_model, cache, latency=ev.latency, latency_repeats=ev.latency_repeats,
+        input_size=datamodule.image_size,
+    )  # fmt: skip
     strategy = instantiate(cfg.strategy)
     log.info("searching %s (%d layers x %d choices) with %r", space.name, space.num_layers, space.num_choices, strategy)
     with tqdm(desc="evaluating", unit="arch", dynamic_ncols=True) as bar:
@@ -77,7 +88,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     records = [{**evaluator.result(a), "blocks": " ".join(space.describe_arch(a))} for a in archs]
     named = {name: evaluator.result(a) for name, a in space.archs.items()}
 
-    retrain = " ".join(["python train.py", *_retrain_overrides(cfg, meta, space.name)])
+    retrain = " ".join(["python train.py", *(shlex.quote(o) for o in _retrain_overrides(cfg, meta, space.name))])
     limits = {k: strategy_limit(cfg.strategy, k) for k in ("max_madds", "max_params", "max_latency_ms")}
     objectives = list(cfg.strategy.get("objectives", ["madds"]))
     front, figure = write_outputs(out_dir, records, objectives, limits, retrain, named, f"{space.name}: {strategy!r}")
@@ -108,10 +119,17 @@ def _retrain_overrides(cfg: DictConfig, meta: dict[str, Any], space: str) -> lis
     if cfg.get("dataset") is None:
         return overrides
     hc = HydraConfig.get()
-    kept = [o for o in overrides if not o.startswith("dataset")]
-    return (
-        kept + [f"dataset={hc.runtime.choices['dataset']}"] + [o for o in hc.overrides.task if o.startswith("dataset.")]
-    )
+    kept = [o for o in overrides if not o.startswith(("dataset", "+dataset"))]
+    chosen = [f"dataset={hc.runtime.choices['dataset']}"]
+    return kept + chosen + [o for o in hc.overrides.task if o.startswith(("dataset.", "+dataset."))]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available here: use device=cpu or device=auto")
+    return torch.device(name)
 
 
 def strategy_limit(strategy_cfg: DictConfig, key: str) -> float | None:

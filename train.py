@@ -110,7 +110,8 @@ def _retrain_overrides() -> list[str]:
         return []
     hc = HydraConfig.get()
     picked = [f"{group}={hc.runtime.choices[group]}" for group in ("search_space", "dataset")]
-    return picked + [o for o in hc.overrides.task if o.startswith(("dataset.", "seed="))]
+    fields = ("dataset.", "+dataset.", "search_space.", "+search_space.", "seed=")
+    return picked + [o for o in hc.overrides.task if o.startswith(fields)]
 
 
 def _plain(value: Any) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import run_entry, tiny_space
 
@@ -52,17 +53,18 @@ def test_evaluation_equals_the_exported_network_recalibrated_directly():
     net = trained_supernet()
     ev, calib, val = evaluator(net)
     arch = (2, 1, 0)
-    child = net.export(arch).eval()
-    stats = recalibrate(child, bn_layers([child]), [x for x, _ in calib])
-    # the path's statistics as the evaluator computes them, read back inside its recalibration
-    layers = bn_layers(net.path_modules(arch))
-    theirs = recalibrate(lambda x: net(x, arch), layers, [x for x, _ in calib])
-    for (m1, v1, _), (m2, v2, _) in zip(stats, theirs):
-        torch.testing.assert_close(m1, m2)
-        torch.testing.assert_close(v1, v2)
+    child = net.export(arch).eval()  # a copy: recalibrating it leaves the supernet alone
+    with torch.no_grad():
+        stale = sum(float(F.cross_entropy(child(x), y, reduction="sum")) for x, y in val)
+    recalibrate(child, bn_layers([child]), [x for x, _ in calib])
     with torch.no_grad():
         correct = sum(int((child(x).argmax(1) == y).sum()) for x, y in val)
-    assert ev.evaluate(arch)["acc1"] == correct / sum(len(y) for _, y in val)
+        loss = sum(float(F.cross_entropy(child(x), y, reduction="sum")) for x, y in val)
+    n = sum(len(y) for _, y in val)
+    result = ev.evaluate(arch)
+    assert result["acc1"] == correct / n
+    assert result["loss"] == pytest.approx(loss / n, rel=1e-6)
+    assert result["loss"] != pytest.approx(stale / n, rel=1e-5)  # recalibration really happened
 
 
 def test_streaming_batches_give_the_same_results_as_preloaded_ones():
@@ -114,6 +116,16 @@ def test_cache_survives_a_torn_last_line(tmp_path):
     assert resumed.get("0-0-0")["acc1"] == 0.5 and "1-1-1" not in resumed
     resumed.put("1-1-1", {"acc1": 0.25})
     assert ResultCache(path, {}).get("1-1-1")["acc1"] == 0.25
+
+
+def test_cache_keeps_a_complete_record_whose_newline_was_lost(tmp_path):
+    path = tmp_path / "evaluations.jsonl"
+    ResultCache(path, {}).put("0-0-0", {"acc1": 0.5})
+    path.write_text(path.read_text().rstrip("\n"))  # crash between the record and its newline
+    resumed = ResultCache(path, {})
+    resumed.put("1-1-1", {"acc1": 0.25})
+    again = ResultCache(path, {})
+    assert again.get("0-0-0")["acc1"] == 0.5 and again.get("1-1-1")["acc1"] == 0.25
 
 
 def test_checkpoint_errors_are_clear_and_code_never_runs(tmp_path):
@@ -185,6 +197,20 @@ def test_search_py_end_to_end(supernet_run, tmp_path):
     proc = run_entry("train.py", *cmd, "trainer.max_steps=1", "trainer.limit_val_batches=1", f"hydra.run.dir={retrain}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((retrain / "results.json").read_text())["arch"] == best["best"]["arch"]
+
+
+def test_search_py_with_another_dataset_keeps_the_training_split_and_checks_its_shape(supernet_run, tmp_path):
+    ckpt = supernet_run / "checkpoints" / "last.ckpt"
+    common = [f"ckpt_path={ckpt}", "strategy=random", "strategy.num_samples=3", "evaluator.bn_batches=1"]
+    out = tmp_path / "s1"
+    proc = run_entry("search.py", *common, "dataset=synthetic", "seed=7", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = json.loads((out / "evaluations.jsonl").read_text().splitlines()[0])
+    assert header["fingerprint"]["dataset"]["seed"] == 0  # the training seed, not the strategy's 7
+    best = yaml.safe_load((out / "best.yaml").read_text())["best"]["retrain"]
+    assert "dataset=synthetic" in best and "search_space=fairnas_mini" in best
+    proc = run_entry("search.py", *common, "dataset=synthetic", "dataset.num_classes=3", f"hydra.run.dir={tmp_path}/s2")
+    assert proc.returncode == 2 and "the dataset has 3 classes" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_search_py_refuses_a_standalone_checkpoint(tmp_path):

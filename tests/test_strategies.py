@@ -320,11 +320,14 @@ def test_strategy_configs_instantiate_and_search(name):
     cfg = OmegaConf.merge({"seed": 0}, {"strategy": OmegaConf.load(ROOT / "conf" / "strategy" / f"{name}.yaml")})
     strategy = instantiate(cfg.strategy)
     assert isinstance(strategy, SearchStrategy) and strategy.seed == 0 and strategy.limits == {}
-    cfg.strategy.max_madds = 30.0
+    toy = Toy(layers=3, choices=3)
+    all_madds = sorted(toy.costs(a)["madds"] for a in itertools.product(range(3), repeat=3))
+    limit = all_madds[len(all_madds) // 2]  # the median: binds for half of the space
+    cfg.strategy.max_madds = limit
     limited = instantiate(cfg.strategy)
-    assert limited.limits == {"madds": 30.0}
-    found = limited.search(Toy(layers=3, choices=3).problem())
-    assert found
+    assert limited.limits == {"madds": limit}
+    found = limited.search(toy.problem())
+    assert found and all(toy.costs(a)["madds"] <= limit for a in toy.asked)
 
 
 def test_strategy_config_names_are_the_three_strategies():

@@ -39,7 +39,18 @@ class ResultCache:
 
     def _load(self) -> None:
         assert self.path is not None
-        lines = self.path.read_text().splitlines()
+        text = self.path.read_text()
+        if not text.endswith("\n"):  # a crash between a record and its newline, or inside the record
+            last = text[text.rfind("\n") + 1 :]
+            try:
+                json.loads(last)
+            except json.JSONDecodeError:
+                pass  # torn: dropped below
+            else:
+                with open(self.path, "a") as f:
+                    f.write("\n")  # complete: keep it, so the next append starts a line of its own
+                text += "\n"
+        lines = text.splitlines()
         try:
             header = json.loads(lines[0])["fingerprint"]
         except (json.JSONDecodeError, KeyError, TypeError, IndexError):

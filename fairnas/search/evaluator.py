@@ -71,6 +71,7 @@ class SupernetEvaluator:
         latency: Also measure latency (ms, median of ``latency_repeats`` batch-1 forwards of the
             exported network on ``device``).
         latency_repeats: Timed forwards per architecture (after 3 warm-up runs).
+        input_size: Resolution of the latency input (default: the space's nominal one).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class SupernetEvaluator:
         cache: ResultCache | None = None,
         latency: bool = False,
         latency_repeats: int = 30,
+        input_size: int | None = None,
     ) -> None:
         if len(validation) == 0:
             raise ConfigError("the validation split is empty: nothing to evaluate architectures on (dataset.val_size)")
@@ -93,6 +95,7 @@ class SupernetEvaluator:
         self.cache = cache if cache is not None else ResultCache(None)
         self.latency = latency
         self.latency_repeats = latency_repeats
+        self.input_size = input_size or self.space.input_size
         self.num_classes = supernet.num_classes
         self.evaluations = 0  # architectures evaluated by this object (not read from the cache)
         param = next(supernet.parameters())
@@ -165,7 +168,7 @@ class SupernetEvaluator:
     def measure_latency(self, arch: Sequence[int]) -> float:
         """Median wall time (ms) of a batch-1 forward of the exported network on this device."""
         net = self.supernet.export(arch).eval()
-        size = next(iter(self.validation))[0].shape[-1]
+        size = self.input_size
         x = torch.randn(1, self.supernet.in_channels, size, size, device=self.device, dtype=self.dtype)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         for _ in range(3):
