@@ -9,6 +9,7 @@ from fairnas.config_error import ConfigError
 from fairnas.data.errors import DataError
 from fairnas.models.space import ArchitectureError, SearchSpaceError
 from fairnas.search.checkpoint import CheckpointError
+from fairnas.system.systems import NonFiniteLossError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ArchitectureError,
@@ -18,6 +19,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CheckpointError,
     MissingMandatoryValue,
+    NonFiniteLossError,
 )
 
 

@@ -202,3 +202,34 @@ def test_val_archs_are_fixed_by_their_seed():
     a, b, c = make(), make(), make(val_seed=1)
     assert a.eval_archs == b.eval_archs != c.eval_archs
     assert np.array(a.eval_archs).max() < tiny_space().num_choices
+
+
+def test_a_nonfinite_update_is_skipped_and_counted_under_the_skip_policy():
+    system = make(lr=0.1, nonfinite="skip")
+    x, y = data(16).tensors
+    x[:8] = float("nan")  # the first batch poisons every path's loss
+    start = copy.deepcopy(system.supernet.state_dict())
+    with pytest.warns(UserWarning, match="update skipped"):
+        trainer = fit(system, DataLoader(TensorDataset(x, y), batch_size=8), max_epochs=1, limit_val_batches=0)
+    assert int(system.nonfinite_steps) == 1 and trainer.global_step == 1  # only the clean batch stepped
+    assert (system.block_usage == 1).all()  # usage counts only applied updates
+    params = dict(system.supernet.named_parameters())
+    assert all(torch.isfinite(p).all() for p in params.values())
+    assert any(not torch.equal(start[n], p) for n, p in params.items())
+
+
+def test_nonfinite_policy_is_validated():
+    with pytest.raises(ValueError, match="system.nonfinite must be one of"):
+        make(nonfinite="ignore")
+
+
+def test_a_skipped_update_leaves_the_bn_statistics_as_they_were():
+    system = make(lr=0.1, nonfinite="skip")
+    before = get_stats(bn_layers([system.supernet]))
+    x, y = data(8).tensors
+    x[:] = float("inf")
+    with pytest.warns(UserWarning, match="update skipped"):
+        fit(system, DataLoader(TensorDataset(x, y), batch_size=8), max_epochs=1, limit_val_batches=0)
+    for a, b in zip(before, get_stats(bn_layers([system.supernet]))):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)

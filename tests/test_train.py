@@ -189,3 +189,16 @@ def test_every_logger_gets_the_block_usage_telemetry(tmp_path):
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"usage/spread", "usage/l0_c0", "usage/l7_c5", "val/acc_mean"} <= set(header)
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_a_diverging_run_stops_with_the_last_good_state_saved(tmp_path):
+    proc = run_entry(
+        "train.py", "dataset=synthetic", "dataset.batch_size=64", "optimizer.lr=1e30", "trainer.max_steps=6",
+        "trainer.limit_val_batches=1", "logger=none", f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "became NaN/inf" in proc.stderr and "Traceback" not in proc.stderr
+    import torch
+
+    ckpt = torch.load(tmp_path / "checkpoints" / "last_good.ckpt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "results.json").exists()

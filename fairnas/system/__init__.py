@@ -2,9 +2,10 @@
 
 from fairnas.system.ddp import count_devices, resolve_strategy
 from fairnas.system.optim import cosine_with_warmup, param_groups
-from fairnas.system.systems import PathDivergenceError, StandaloneSystem, SupernetSystem
+from fairnas.system.systems import NonFiniteLossError, PathDivergenceError, StandaloneSystem, SupernetSystem
 
 __all__ = [
+    "NonFiniteLossError",
     "PathDivergenceError",
     "StandaloneSystem",
     "SupernetSystem",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,13 @@ class PathDivergenceError(RuntimeError):
     """DDP ranks trained different paths in the same step."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient became NaN or infinite and the policy is to stop."""
+
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
 class _ClassifierSystem(pl.LightningModule):
     """Shared by both systems: optimizer and schedule, one manual update, clipping, metrics."""
 
@@ -47,8 +55,14 @@ class _ClassifierSystem(pl.LightningModule):
         grad_clip: float | None = None,
         weight_decay_bn_bias: bool = False,
         metadata: dict[str, Any] | None = None,
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"system.nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        # Optimizer steps skipped because of NaN/inf gradients (checkpointed with the weights).
+        self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long))
         self.automatic_optimization = False
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -85,13 +99,56 @@ class _ClassifierSystem(pl.LightningModule):
         if self.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
-    def _finish_update(self, optimizer: Any) -> None:
-        """Step the optimizer once (clipping first, see above) and the scheduler once."""
+    def _finish_update(self, optimizer: Any) -> bool:
+        """Steps the optimizer once (clipping first, see above) and the scheduler once.
+
+        Returns False when the update was skipped because a gradient is NaN or infinite. The check
+        runs on the gradients after the last backward, which DDP has already all-reduced, so every
+        rank takes the same decision without extra communication. Under fp16 mixed precision the
+        grad scaler already skips such steps itself.
+        """
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None and not self._gradients_finite():
+            self._nonfinite_update(optimizer)
+            return False
         optimizer.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
         self.log("train/lr", optimizer.param_groups[0]["lr"])
+        return True
+
+    def _backup_bn_stats(self) -> None:
+        """Copies the BN running statistics before an update, so a NaN/inf forward can be undone."""
+        if getattr(self, "_bn_buffers", None) is None:
+            self._bn_buffers = [
+                b for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+            ]  # fmt: skip
+            self._bn_backup = [b.clone() for b in self._bn_buffers]
+        if self._bn_buffers:
+            torch._foreach_copy_(self._bn_backup, self._bn_buffers)
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+    def _nonfinite_update(self, optimizer: Any) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if getattr(self, "_bn_buffers", None):
+            torch._foreach_copy_(self._bn_buffers, self._bn_backup)  # the poisoned forwards updated them
+        self.nonfinite_steps += 1
+        self.log("train/nonfinite_steps", self.nonfinite_steps.float())
+        step = self.global_step
+        if self.nonfinite == "skip":
+            rank_zero_warn(f"NaN/inf gradient at step {step}: update skipped (system.nonfinite=skip)")
+            return
+        path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
+        self.trainer.save_checkpoint(path)  # the weights before this update: still finite
+        raise NonFiniteLossError(
+            f"the loss or a gradient became NaN/inf at step {step}; the last good state is saved in {path} "
+            "(resume with ckpt_path=...). Lower optimizer.lr, keep system.grad_clip on, or set "
+            "system.nonfinite=skip to skip such updates instead."
+        )
 
     def _inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         x, y = batch
@@ -124,6 +181,8 @@ class SupernetSystem(_ClassifierSystem):
         scheduler: Partial schedule (called with the optimizer and ``total_steps``).
         label_smoothing: Label smoothing of the cross-entropy.
         grad_clip: Max gradient norm (clipped once per optimizer step), or None.
+        nonfinite: What a NaN/inf gradient does: ``stop`` (save ``checkpoints/last_good.ckpt`` and
+            end with an error) or ``skip`` (drop that update, count it, warn).
         weight_decay_bn_bias: Apply weight decay to BN parameters and biases too.
         grad_reduction: ``sum`` (default) or ``mean`` of the gradients of a group's paths.
         split_batch: Give each path of a group its own chunk of the batch instead of the whole batch.
@@ -154,8 +213,9 @@ class SupernetSystem(_ClassifierSystem):
         val_bn_batches: int = 10,
         path_check_every: int = 1,
         metadata: dict[str, Any] | None = None,
+        nonfinite: str = "stop",
     ) -> None:
-        super().__init__(optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata)
+        super().__init__(optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite)
         if grad_reduction not in ("sum", "mean"):
             raise ConfigError(f"grad_reduction must be 'sum' or 'mean', got {grad_reduction!r}")
         if (sampler.num_layers, sampler.num_choices) != (supernet.space.num_layers, supernet.space.num_choices):
@@ -201,6 +261,7 @@ class SupernetSystem(_ClassifierSystem):
             if 0 <= max_steps <= self.global_step:
                 break  # several updates per batch (ef): stop exactly at max_steps, not after the batch
             optimizer.zero_grad(set_to_none=True)
+            self._backup_bn_stats()
             if self.split_batch and len(x) < len(group):
                 raise ConfigError(f"system.split_batch needs batches of at least {len(group)} samples, got {len(x)}")
             xs = x.tensor_split(len(group)) if self.split_batch else [x] * len(group)
@@ -212,8 +273,9 @@ class SupernetSystem(_ClassifierSystem):
                     self.manual_backward(loss / len(group) if self.grad_reduction == "mean" else loss)
                 losses.append(loss.detach())
                 correct.append((logits.detach().argmax(1) == yk).float().mean())
-                self._count_usage(arch)
-            self._finish_update(optimizer)
+            if self._finish_update(optimizer):
+                for arch in group:
+                    self._count_usage(arch)
         self.log("train/loss", torch.stack(losses).mean(), prog_bar=True)
         self.log("train/acc", torch.stack(correct).mean())
 
@@ -352,8 +414,9 @@ class StandaloneSystem(_ClassifierSystem):
         grad_clip: float | None = None,
         weight_decay_bn_bias: bool = False,
         metadata: dict[str, Any] | None = None,
+        nonfinite: str = "stop",
     ) -> None:
-        super().__init__(optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata)
+        super().__init__(optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "metadata"])
         self.net = net
         num_classes = net.head.classifier.out_features
@@ -367,6 +430,7 @@ class StandaloneSystem(_ClassifierSystem):
         x, y = self._inputs(batch)
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
+        self._backup_bn_stats()
         logits = self.net(x)
         loss = self.loss(logits, y)
         self.manual_backward(loss)
