@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from fairnas.config_error import ConfigError
 from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
+from fairnas.search.checkpoint import load_checkpoint
 from fairnas.system import resolve_strategy
 from fairnas.utils import write_json_atomic
 
@@ -46,6 +47,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # How to train an architecture of this space on this data from scratch (search.py prints it).
         "retrain_overrides": _retrain_overrides(),
     }
+    if cfg.ckpt_path is not None:
+        _check_resumable(cfg.ckpt_path, metadata)
     optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.scheduler)
     if arch is None:
         supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
@@ -103,6 +106,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(out_dir / "results.json", results)
         log.info("results in %s: %s", out_dir / "results.json", {k: results[k] for k in sorted(results)})
     return results
+
+
+def _check_resumable(path: str, metadata: dict[str, Any]) -> None:
+    """Refuses, before any training, a checkpoint of another space or kind of run."""
+    saved = load_checkpoint(path)["fairnas"]
+    if saved.get("search_space") != metadata["search_space"]:
+        name = (saved.get("search_space") or {}).get("name")
+        raise ConfigError(
+            f"{path} was trained with search space {name!r} (or other settings of it), not "
+            f"{metadata['search_space']['name']!r} as configured: resume with the same search_space and overrides"
+        )
+    if saved.get("arch") != metadata["arch"]:
+        raise ConfigError(
+            f"{path} is from a run with arch={saved.get('arch')}, this one has arch={metadata['arch']}: "
+            "resume with the same arch (or none, for a supernet)"
+        )
 
 
 def _retrain_overrides() -> list[str]:

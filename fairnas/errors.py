@@ -3,6 +3,7 @@
 import logging
 import sys
 
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import MissingMandatoryValue
 
 from fairnas.config_error import ConfigError
@@ -20,6 +21,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     MissingMandatoryValue,
     NonFiniteLossError,
+    MisconfigurationException,  # Lightning's word for impossible Trainer settings (e.g. more devices than exist)
 )
 
 

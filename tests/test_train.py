@@ -202,3 +202,37 @@ def test_a_diverging_run_stops_with_the_last_good_state_saved(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints" / "last_good.ckpt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["search_space=fairnas_cifar"], "was trained with search space 'fairnas_mini'"),
+        (["arch=largest"], "is from a run with arch=None"),
+    ],
+)
+def test_resume_refuses_a_checkpoint_of_another_run_kind(tmp_path, overrides, message):
+    first = tmp_path / "a"
+    common = ["dataset=synthetic", "dataset.batch_size=64", "trainer.limit_val_batches=1", "logger=none"]
+    assert run_entry("train.py", *common, "trainer.max_steps=1", f"hydra.run.dir={first}").returncode == 0
+    before = (first / "checkpoints" / "last.ckpt").read_bytes()
+    proc = run_entry(
+        "train.py", *common, *overrides, f"ckpt_path={first}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path / 'b'}"
+    )
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert (first / "checkpoints" / "last.ckpt").read_bytes() == before  # nothing on disk damaged
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dataset.batch_size=1024"], "fewer than batch_size=1024"),
+        (["dataset=fashion_mnist", "dataset.val_size=0", "dataset.train_subset=256"], "empty validation split"),
+        (["trainer.accelerator=gpu", "trainer.devices=2"], "MisconfigurationException"),
+        (["trainer.devices=abc"], "is not a number, a list of ids or 'auto'"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "does not exist"),
+    ],
+)
+def test_bad_data_and_trainer_settings_get_one_clear_error(tmp_path, overrides, message):
+    proc = run_entry("train.py", "dataset=synthetic", *overrides, "trainer.max_steps=1", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -70,6 +70,11 @@ def resolve_val_size(val_size: int | float, n: int) -> int:
         count = int(val_size)
     if count < 0 or count >= n:
         raise DataError(f"val_size={val_size} leaves no training data: the training set has {n} samples")
+    if count == 0:
+        raise DataError(
+            f"val_size={val_size} gives an empty validation split: validation and the search score architectures "
+            "on images held out from training. Set dataset.val_size to a count >= 1 or a fraction in (0, 1)."
+        )
     return count
 
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from fairnas.data.base import STREAM_SYNTHETIC, derive_seed
-from fairnas.data.errors import DataNotFoundError
+from fairnas.data.errors import DataError, DataNotFoundError
 from fairnas.data.idx import IDXError, find_idx_file, read_idx
 from fairnas.data.memory import InMemoryArrays, InMemoryDataModule
 
@@ -339,7 +339,7 @@ class SyntheticDataModule(InMemoryDataModule):
             num_workers=num_workers,
         )
         if min(num_train, num_val) < 1 or num_test < 0 or num_classes < 1:
-            raise ValueError(
+            raise DataError(
                 f"need num_train, num_val, num_classes >= 1 and num_test >= 0; got "
                 f"{num_train}, {num_val}, {num_classes}, {num_test}"
             )
