@@ -8,6 +8,8 @@ python train.py arch=fairnas_a search_space=fairnas_imagenet dataset=imagenet da
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fairnas.config_error import ConfigError
 from fairnas.errors import exit_on_user_error
@@ -81,7 +84,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy)
     # weights_only: a checkpoint can never run code (ours hold only tensors and plain data).
-    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    except SIGTERMException:
+        # SaveOnInterrupt has saved the state; a scheduler must not read the stop as success.
+        sys.exit(128 + signal.SIGTERM)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if system.last_validated_step != trainer.global_step and trainer.limit_val_batches:
         # The run stopped mid-epoch (max_steps): validate the final weights too.

@@ -236,3 +236,40 @@ def test_resume_refuses_a_checkpoint_of_another_run_kind(tmp_path, overrides, me
 def test_bad_data_and_trainer_settings_get_one_clear_error(tmp_path, overrides, message):
     proc = run_entry("train.py", "dataset=synthetic", *overrides, "trainer.max_steps=1", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_saves_the_state_and_the_run_resumes_from_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from conftest import ROOT
+
+    run = tmp_path / "run"
+    args = ["dataset=synthetic", "dataset.batch_size=16", "dataset.num_train=4096", "trainer.limit_val_batches=1",
+            "logger=csv", "trainer.log_every_n_steps=1"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, "trainer.max_steps=2000", f"hydra.run.dir={run}"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    metrics = run / "csv" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 4):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "state saved to" in out, out[-3000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    step = saved["global_step"]
+    assert 0 < step < 2000
+    resumed = tmp_path / "resumed"
+    done = run_entry(
+        "train.py", *args, f"trainer.max_steps={step + 3}", f"ckpt_path={run}/checkpoints/last.ckpt",
+        f"hydra.run.dir={resumed}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert results(resumed)["global_step"] == step + 3
+    assert set(usage(resumed)) == {step + 3}  # the usage counts were saved with the interrupted state

@@ -143,7 +143,7 @@ class _ClassifierSystem(pl.LightningModule):
             rank_zero_warn(f"NaN/inf gradient at step {step}: update skipped (system.nonfinite=skip)")
             return
         path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
-        self.trainer.save_checkpoint(path)  # the weights before this update: still finite
+        self.trainer.save_checkpoint(path, weights_only=False)  # the state before this update: still finite
         raise NonFiniteLossError(
             f"the loss or a gradient became NaN/inf at step {step}; the last good state is saved in {path} "
             "(resume with ckpt_path=...). Lower optimizer.lr, keep system.grad_clip on, or set "

@@ -1,0 +1,40 @@
+"""Saving the training state when a run is interrupted (SIGTERM from a scheduler, Ctrl+C)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger("fairnas")
+
+
+class SaveOnInterrupt(Callback):
+    """On SIGTERM or Ctrl+C during fit, writes a checkpoint of the state reached, then lets the run end.
+
+    Lightning turns SIGTERM into an exception at the next batch boundary (on every rank at once
+    under DDP), so the state saved is that of a finished optimizer step. The file replaces
+    ``last.ckpt`` in the checkpoint folder, where ``ckpt_path=.../last.ckpt`` resumes it; Lightning
+    writes it through a temporary file, so an interruption during the save cannot corrupt it.
+
+    Args:
+        dirpath: Folder of the checkpoint (default: the ModelCheckpoint folder, else
+            ``<default_root_dir>/checkpoints``).
+        filename: Name of the file.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt") -> None:
+        self.dirpath = dirpath
+        self.filename = filename
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt) or trainer.state.fn != "fit":
+            return
+        folder = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
+        path = Path(folder or Path(trainer.default_root_dir) / "checkpoints") / self.filename
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state, to resume from
+        log.warning("interrupted at step %d: state saved to %s (resume with ckpt_path=%s)", trainer.global_step,
+                    path, path)  # fmt: skip
