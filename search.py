@@ -28,7 +28,7 @@ from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel
 from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator, load_supernet
 from fairnas.search.checkpoint import file_digest
-from fairnas.search.outputs import write_outputs
+from fairnas.search.outputs import records_csv, write_outputs
 from fairnas.utils import write_json_atomic
 
 log = logging.getLogger("fairnas")
@@ -152,8 +152,6 @@ def _progress(evaluator: SupernetEvaluator, bar: tqdm):
 
 def _log_to_loggers(cfg: DictConfig, records: list[dict[str, Any]], figure: Any) -> None:
     from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-
-    from fairnas.search.outputs import records_csv
 
     for logger_cfg in (cfg.get("logger") or {}).values():
         logger = instantiate(logger_cfg)

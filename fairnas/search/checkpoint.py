@@ -35,7 +35,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: give ckpt_path=<run dir>/checkpoints/last.ckpt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are read when used, so a caller that only needs the metadata reads little.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, foreign pickle, code-bearing objects refused by weights_only
         raise CheckpointError(
             f"cannot read checkpoint {path} safely ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "

@@ -111,7 +111,7 @@ class SupernetEvaluator:
             key = self.space.format_arch(arch)
             record = self.cache.get(key) or {}
             if "latency_ms" not in record:
-                record.update(self._costs_record(arch), latency_ms=self.measure_latency(arch))
+                record.update(out, arch=key, latency_ms=self.measure_latency(arch))
                 self.cache.put(key, record)
             out["latency_ms"] = record["latency_ms"]
         return out

@@ -73,6 +73,8 @@ class _ClassifierSystem(pl.LightningModule):
         self.metadata = dict(metadata or {})
         self.updates_per_batch = 1
         self.last_validated_step = -1
+        self._bn_buffers: list[Tensor] | None = None  # BN running statistics, found on first use
+        self._bn_backup: list[Tensor] = []
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(param_groups(self, self.weight_decay_bn_bias))
@@ -119,7 +121,7 @@ class _ClassifierSystem(pl.LightningModule):
 
     def _backup_bn_stats(self) -> None:
         """Copies the BN running statistics before an update, so a NaN/inf forward can be undone."""
-        if getattr(self, "_bn_buffers", None) is None:
+        if self._bn_buffers is None:
             self._bn_buffers = [
                 b for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
                 for b in (m.running_mean, m.running_var, m.num_batches_tracked)
@@ -134,7 +136,7 @@ class _ClassifierSystem(pl.LightningModule):
 
     def _nonfinite_update(self, optimizer: Any) -> None:
         optimizer.zero_grad(set_to_none=True)
-        if getattr(self, "_bn_buffers", None):
+        if self._bn_buffers:
             torch._foreach_copy_(self._bn_buffers, self._bn_backup)  # the poisoned forwards updated them
         self.nonfinite_steps += 1
         self.log("train/nonfinite_steps", self.nonfinite_steps.float())
