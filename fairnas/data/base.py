@@ -139,7 +139,10 @@ class SplitDataModule(pl.LightningDataModule):
         batch_size: Training (and calibration) batch size.
         eval_batch_size: Validation/test batch size; defaults to ``batch_size``.
         val_size: Validation split held out from the training set: a count, or a fraction in (0, 1).
-        seed: Seeds the split, the shuffle order and the augmentation.
+        seed: Seeds the shuffle order and the augmentation, and the split unless ``split_seed`` is set.
+        split_seed: Seeds the train/validation split (and the images of generated datasets) on its
+            own, so that runs with different ``seed`` (data order, initialisation) share one
+            validation set; ``None`` uses ``seed``.
         train_subset: Keep only the first N images of the (randomly ordered) training split.
         num_workers: DataLoader worker processes.
     """
@@ -159,6 +162,7 @@ class SplitDataModule(pl.LightningDataModule):
         seed: int = 0,
         train_subset: int | None = None,
         num_workers: int = 0,
+        split_seed: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -174,6 +178,7 @@ class SplitDataModule(pl.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
         self.val_size = val_size
         self.seed = int(seed)
+        self.split_seed = self.seed if split_seed is None else int(split_seed)
         self.train_subset = None if train_subset is None else int(train_subset)
         self.num_workers = int(num_workers)
         # Owned by the datamodule so successive epochs continue one deterministic stream.

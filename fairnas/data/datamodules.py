@@ -320,6 +320,7 @@ class SyntheticDataModule(InMemoryDataModule):
         val_size: int | float | None = None,
         seed: int = 0,
         train_subset: int | None = None,
+        split_seed: int | None = None,
         num_workers: int = 0,
     ) -> None:
         del val_size  # the validation split is generated (num_val), not held out
@@ -336,6 +337,7 @@ class SyntheticDataModule(InMemoryDataModule):
             val_size=0,
             seed=seed,
             train_subset=train_subset,
+            split_seed=split_seed,
             num_workers=num_workers,
         )
         if min(num_train, num_val) < 1 or num_test < 0 or num_classes < 1:
@@ -346,7 +348,7 @@ class SyntheticDataModule(InMemoryDataModule):
         self.num_train, self.num_val, self.num_test = int(num_train), int(num_val), int(num_test)
 
     def _load_arrays(self) -> InMemoryArrays:
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, STREAM_SYNTHETIC))
+        generator = torch.Generator().manual_seed(derive_seed(self.split_seed, STREAM_SYNTHETIC))
         shape = (self.in_channels, self.image_size, self.image_size)
         prototypes = torch.randint(0, 256, (self.num_classes, *shape), generator=generator, dtype=torch.int16)
 

@@ -95,6 +95,7 @@ class ImageFolderDataModule(SplitDataModule):
         eval_batch_size: int | None = None,
         seed: int = 0,
         train_subset: int | None = None,
+        split_seed: int | None = None,
         num_workers: int = 4,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -105,6 +106,7 @@ class ImageFolderDataModule(SplitDataModule):
             val_size=val_size,
             seed=seed,
             train_subset=train_subset,
+            split_seed=split_seed,
             num_workers=num_workers,
         )
         self.root = Path(str(root)).expanduser()
@@ -162,7 +164,7 @@ class ImageFolderDataModule(SplitDataModule):
 
     def _build_splits(self) -> Splits:
         self._train_folder = self._scan(self.train_dir, allow_empty=False)
-        train_idx, val_idx = split_indices(len(self._train_folder.samples), self.val_size, self.seed)
+        train_idx, val_idx = split_indices(len(self._train_folder.samples), self.val_size, self.split_seed)
         self._train_idx = self._subset_train(train_idx)
         test = None
         if self.test_dir is not None:

@@ -208,6 +208,7 @@ class InMemoryDataModule(SplitDataModule):
         val_size: int | float = 5000,
         seed: int = 0,
         train_subset: int | None = None,
+        split_seed: int | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__(
@@ -216,6 +217,7 @@ class InMemoryDataModule(SplitDataModule):
             val_size=val_size,
             seed=seed,
             train_subset=train_subset,
+            split_seed=split_seed,
             num_workers=num_workers,
         )
         self.num_classes = int(num_classes)
@@ -272,7 +274,7 @@ class InMemoryDataModule(SplitDataModule):
         arrays = self.arrays
         images, labels = arrays.train_images, arrays.train_labels
         if arrays.val_images is None or arrays.val_labels is None:
-            train_idx, val_idx = split_indices(images.shape[0], self.val_size, self.seed)
+            train_idx, val_idx = split_indices(images.shape[0], self.val_size, self.split_seed)
             val_images, val_labels = images[val_idx], labels[val_idx]
         else:
             train_idx = torch.arange(images.shape[0])

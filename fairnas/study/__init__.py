@@ -1,0 +1,6 @@
+"""Ranking studies: stand-alone ground truth, supernets, one-shot evaluation and the report."""
+
+from fairnas.study.ranking import STAGES, RankingStudy
+from fairnas.study.runner import Job, JobFailed, run_jobs
+
+__all__ = ["STAGES", "Job", "JobFailed", "RankingStudy", "run_jobs"]

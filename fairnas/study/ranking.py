@@ -1,0 +1,273 @@
+"""The ranking study: does a supernet rank architectures as training them from scratch does?
+
+Stages, each resumable (finished runs are skipped) and runnable on its own:
+
+``sample``        a seeded, MAdds-stratified sample of architectures -> ``archs.txt``
+``ground_truth``  every sampled architecture trained stand-alone with each seed -> ``ground_truth/<arch>/seed<k>/``
+``ceiling``       the ground truth against itself (seed halves): how well any evaluator could rank -> ``ceiling.json``
+``supernets``     one supernet per sampler, same data and epochs -> ``supernets/<name>/``
+``oneshot``       each supernet evaluates the sampled architectures and a large random sample -> ``oneshot/<name>/``
+``report``        statistics, paired bootstraps, proxies, plots, block similarity -> ``report/``
+
+Every training or search run is an ordinary ``train.py`` / ``search.py`` run; the exact command
+lines are appended to ``commands.sh``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fairnas.analysis import read_archs, stratified_sample, write_archs
+from fairnas.analysis.ranking import bootstrap_ci, kendall_tau, pearson_r, spearman_rho
+from fairnas.config_error import ConfigError
+from fairnas.models import CostModel, SearchSpace
+from fairnas.study.runner import Job, run_jobs
+from fairnas.utils import write_json_atomic
+
+log = logging.getLogger("fairnas")
+
+STAGES = ("sample", "ground_truth", "ceiling", "supernets", "oneshot", "report")
+
+
+class RankingStudy:
+    """A ranking study of one search space and dataset (see the module docstring for the stages).
+
+    Args:
+        out_dir: The study directory (fixed, so that a rerun resumes it).
+        space: The search space.
+        space_name: Its config name, passed to ``train.py`` as ``search_space=<name>``.
+        train_overrides: Overrides of every training run, stand-alone and supernet alike (dataset,
+            its fixed ``split_seed``, epochs, ...): the same recipe and data for all.
+        sample_size: Number of architectures in the ground truth.
+        sample_seed: Seed of the stratified sample.
+        num_bins: MAdds bins of the stratified sample (default: ``sample_size``).
+        seeds: Stand-alone seeds per architecture (initialisation and data order; the validation
+            split is fixed by ``split_seed`` in ``train_overrides``).
+        standalone_overrides: Extra overrides of the stand-alone runs only.
+        supernets: Name -> overrides of that supernet's run (e.g. ``{"sf": ["sampler=sf"]}``).
+        supernet_seed: Seed of every supernet run.
+        search_overrides: Overrides of every one-shot evaluation (``search.py``).
+        histogram_samples: Size of the uniform random sample each supernet evaluates for its
+            accuracy histogram (0: none).
+        histogram_overrides: Extra ``search.py`` overrides of the histogram runs (e.g. fewer validation batches).
+        similarity_batches: Validation batches fed to the choice blocks for the similarity analysis (0: none).
+        bootstrap: Bootstrap replicates of every interval.
+        bootstrap_seed: Seed of the bootstrap resampling.
+        top_k: The k of the top-k precisions.
+        parallel: Runs at a time.
+        threads_per_job: CPU threads of each run (``OMP_NUM_THREADS``; null leaves it to torch).
+        python: Interpreter of the runs (default: this one).
+        root: Directory holding ``train.py`` and ``search.py``.
+    """
+
+    def __init__(
+        self,
+        out_dir: str,
+        space: SearchSpace,
+        space_name: str,
+        train_overrides: Sequence[str] = (),
+        sample_size: int = 40,
+        sample_seed: int = 0,
+        num_bins: int | None = None,
+        seeds: Sequence[int] = (0, 1),
+        standalone_overrides: Sequence[str] = (),
+        supernets: Mapping[str, Sequence[str]] | None = None,
+        supernet_seed: int = 0,
+        search_overrides: Sequence[str] = (),
+        histogram_samples: int = 500,
+        histogram_overrides: Sequence[str] = (),
+        similarity_batches: int = 4,
+        bootstrap: int = 2000,
+        bootstrap_seed: int = 0,
+        top_k: Sequence[int] = (5, 10),
+        parallel: int = 1,
+        threads_per_job: int | None = None,
+        python: str | None = None,
+        root: str = ".",
+    ) -> None:
+        if len(seeds) < 1 or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds: need one or more distinct seeds, got {list(seeds)}")
+        self.dir = Path(out_dir)
+        self.space = space
+        self.space_name = space_name
+        self.train_overrides = [str(o) for o in train_overrides]
+        self.sample_size, self.sample_seed, self.num_bins = int(sample_size), int(sample_seed), num_bins
+        self.seeds = [int(s) for s in seeds]
+        self.standalone_overrides = [str(o) for o in standalone_overrides]
+        self.supernets = {str(k): [str(o) for o in v] for k, v in (supernets or {"sf": ["sampler=sf"]}).items()}
+        self.supernet_seed = int(supernet_seed)
+        self.search_overrides = [str(o) for o in search_overrides]
+        self.histogram_samples = int(histogram_samples)
+        self.histogram_overrides = [str(o) for o in histogram_overrides]
+        self.similarity_batches = int(similarity_batches)
+        self.bootstrap, self.bootstrap_seed = int(bootstrap), int(bootstrap_seed)
+        self.top_k = [int(k) for k in top_k]
+        self._run = {"parallel": int(parallel), "threads_per_job": threads_per_job, "python": python, "root": root}
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def archs_file(self) -> Path:
+        return self.dir / "archs.txt"
+
+    def standalone_dir(self, arch: str, seed: int) -> Path:
+        return self.dir / "ground_truth" / arch / f"seed{seed}"
+
+    def supernet_dir(self, name: str) -> Path:
+        return self.dir / "supernets" / name
+
+    def oneshot_dir(self, name: str, kind: str) -> Path:
+        return self.dir / "oneshot" / name / kind
+
+    # ------------------------------------------------------------------ stages
+    def run(self, stages: Sequence[str]) -> dict[str, Any]:
+        """Runs the given stages in the canonical order; returns what each returned."""
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown}; choose from {list(STAGES)} (or 'all')")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return {stage: getattr(self, stage)() for stage in STAGES if stage in stages}
+
+    def sample(self) -> list[str]:
+        """The study's architectures: read from ``archs.txt`` if it exists, else sampled and written there.
+
+        An existing file is kept as it is (it may be hand-edited), so a resumed study never
+        changes its architectures behind finished runs.
+        """
+        if self.archs_file.is_file():
+            archs = read_archs(self.archs_file, self.space)
+            log.info("using the %d architectures of %s", len(archs), self.archs_file)
+        else:
+            archs = stratified_sample(self.space, self.sample_size, self.sample_seed, self.num_bins)
+            write_archs(archs, self.archs_file, self.space)
+            log.info("sampled %d architectures into %s", len(archs), self.archs_file)
+        return [self.space.format_arch(a) for a in archs]
+
+    def ground_truth(self) -> dict[str, int]:
+        """Trains every architecture stand-alone with every seed (the slow part; run it first).
+
+        Architectures run in a seeded random order (both seeds of one after the other), so the
+        finished part of an interrupted stage is a spread sample whose ceiling can already be read.
+        """
+        archs = self.sample()
+        order = np.random.default_rng(self.sample_seed).permutation(len(archs))
+        jobs = [
+            Job(
+                "train.py",
+                self.standalone_dir(arch, seed),
+                (*self._train_base(), *self.standalone_overrides, f"arch={arch}", f"seed={seed}"),
+                resumable=True,
+            )
+            for arch in (archs[i] for i in order)
+            for seed in self.seeds
+        ]
+        return self._jobs(jobs)
+
+    def ceiling(self) -> dict[str, Any]:
+        """How well the ground truth ranks itself: the first half of the seeds against the second.
+
+        With seeds {0, 1} this is the tau between seed 0 and seed 1. A supernet cannot be shown
+        to rank better than this, so the study's design is judged by it before supernets are trained.
+        """
+        table = self.ground_truth_table()
+        if len(self.seeds) < 2:
+            raise ConfigError("the ceiling needs at least two seeds per architecture (seeds=[0,1])")
+        half = len(self.seeds) // 2
+        a = table[[f"seed{s}" for s in self.seeds[:half]]].mean(axis=1)
+        b = table[[f"seed{s}" for s in self.seeds[half : 2 * half]]].mean(axis=1)
+        accs = table[[f"seed{s}" for s in self.seeds]]
+        result: dict[str, Any] = {
+            "n": len(a),
+            "halves": [self.seeds[:half], self.seeds[half : 2 * half]],
+            "acc_range": [float(accs.mean(axis=1).min()), float(accs.mean(axis=1).max())],
+            "acc_std_across_archs": float(accs.mean(axis=1).std(ddof=1)),
+            # Std of one architecture's accuracy over seeds (pooled): the noise of a single run.
+            "seed_std": float(np.sqrt(np.mean(accs.var(axis=1, ddof=1)))),
+        }
+        for key, fn in (("kendall_tau", kendall_tau), ("spearman_rho", spearman_rho), ("pearson_r", pearson_r)):
+            estimate, low, high = bootstrap_ci(fn, a, b, n_boot=self.bootstrap, seed=self.bootstrap_seed)
+            result.update({key: estimate, f"{key}_low": low, f"{key}_high": high})
+        write_json_atomic(self.dir / "ceiling.json", result)
+        log.info(
+            "ceiling (seeds %s vs %s, n=%d): tau %.3f [%.3f, %.3f]; accuracy %.2f-%.2f%%, std across archs %.2f pp, "
+            "seed std %.2f pp",
+            *result["halves"], result["n"], result["kendall_tau"], result["kendall_tau_low"],
+            result["kendall_tau_high"], 100 * result["acc_range"][0], 100 * result["acc_range"][1],
+            100 * result["acc_std_across_archs"], 100 * result["seed_std"],
+        )  # fmt: skip
+        return result
+
+    def supernets_(self) -> dict[str, int]:  # pragma: no cover - replaced below
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ tables
+    def ground_truth_table(self) -> GroundTruth:
+        """Stand-alone validation accuracy of each architecture and seed, with its costs."""
+        archs = self.sample()
+        missing = [str(self.standalone_dir(a, s)) for a in archs for s in self.seeds if not self._done(a, s)]
+        if missing:
+            raise ConfigError(
+                f"{len(missing)} stand-alone runs are not finished (e.g. {missing[0]}): run the ground_truth stage first"
+            )
+        rows = []
+        for arch in archs:
+            results = [json.loads((self.standalone_dir(arch, s) / "results.json").read_text()) for s in self.seeds]
+            row = {"arch": arch, "madds": results[0]["madds"], "params": results[0]["params"]}
+            row.update({f"seed{s}": float(r["val/acc"]) for s, r in zip(self.seeds, results)})
+            rows.append(row)
+        return GroundTruth(rows, [f"seed{s}" for s in self.seeds])
+
+    # ------------------------------------------------------------------ helpers
+    def _done(self, arch: str, seed: int) -> bool:
+        return (self.standalone_dir(arch, seed) / "results.json").is_file()
+
+    def _train_base(self) -> list[str]:
+        return [f"search_space={self.space_name}", *self.train_overrides]
+
+    def _jobs(self, jobs: Sequence[Job]) -> dict[str, int]:
+        counts = run_jobs(jobs, commands_file=self.dir / "commands.sh", **self._run)
+        log.info("%d runs: %d already finished, %d run now", len(jobs), counts["skipped"], counts["ran"])
+        return counts
+
+
+class GroundTruth:
+    """Rows of the ground truth (arch, madds, params, one accuracy column per seed) with column access."""
+
+    def __init__(self, rows: list[dict[str, Any]], seed_columns: list[str]) -> None:
+        self.rows = rows
+        self.seed_columns = seed_columns
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, columns: str | list[str]) -> np.ndarray:
+        if isinstance(columns, str):
+            return np.array([row[columns] for row in self.rows])
+        return np.array([[row[c] for c in columns] for row in self.rows], dtype=np.float64)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean accuracy over seeds: the ground truth the supernets are scored against."""
+        return self[self.seed_columns].mean(axis=1)
+
+    def write_csv(self, path: Path) -> None:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*self.rows[0], "mean"])
+            writer.writeheader()
+            for row, mean in zip(self.rows, self.mean):
+                writer.writerow({**row, "mean": mean})
+
+
+def _finite(values: Sequence[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def cost_model_of(space: SearchSpace) -> CostModel:
+    return CostModel.create(space)
