@@ -220,12 +220,18 @@ def test_block_similarity_properties(tmp_path):
     batches = [torch.randn(4, 3, 8, 8, generator=gen) for _ in range(2)]
     matrices = {}
     for layer in range(space.num_layers):
-        matrix = block_similarity(net, layer, [(x, torch.zeros(4)) for x in batches])
+        matrix = block_similarity(net, layer, [(x, torch.zeros(4)) for x in batches], branch=False)
         assert matrix.shape == (space.num_choices, space.num_choices)
         np.testing.assert_allclose(np.diag(matrix), 1.0)
         np.testing.assert_allclose(matrix, matrix.T)
         assert np.isfinite(matrix).all() and (np.abs(matrix) <= 1.0).all()
         matrices[layer] = matrix
+        # Residual branches only (the default): the skip choice (index 2) has none, so it is NaN;
+        # the two real blocks are less alike than their full outputs, which share the identity.
+        branches = block_similarity(net, layer, batches)
+        assert np.isnan(branches[2]).all() and np.isnan(branches[:, 2]).all()
+        np.testing.assert_allclose(np.diag(branches)[:2], 1.0)
+        assert branches[0, 1] < matrix[0, 1]
     assert net.training  # the training mode is restored
     assert not np.allclose(matrices[0], 1.0)  # different blocks compute different features
 

@@ -201,6 +201,16 @@ def test_train_order_seeded(fashion_dir: Path) -> None:
     assert not all(torch.equal(a, b) for a, b in zip(epoch1, epoch2, strict=True))
 
 
+def test_split_seed_fixes_the_validation_split_while_seed_changes_the_order(fashion_dir: Path) -> None:
+    # A ranking study trains each architecture with several seeds on ONE validation split.
+    a, b = fashion(fashion_dir, seed=0, split_seed=7), fashion(fashion_dir, seed=1, split_seed=7)
+    assert torch.equal(a.val_dataset.images, b.val_dataset.images)
+    assert torch.equal(a.train_dataset.images, b.train_dataset.images)
+    first_a, first_b = next(iter(a.train_dataloader()))[1], next(iter(b.train_dataloader()))[1]
+    assert not torch.equal(first_a, first_b)  # the seed still changes the data order
+    assert torch.equal(fashion(fashion_dir, seed=7).val_dataset.images, a.val_dataset.images)  # null: seed
+
+
 def test_train_subset(fashion_dir: Path) -> None:
     full = fashion(fashion_dir)
     sub = fashion(fashion_dir, train_subset=40)

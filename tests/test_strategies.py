@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from fairnas.config_error import ConfigError
 from fairnas.search import (
     EvolutionSearch,
+    ListSearch,
     NSGA2Search,
     RandomSearch,
     SearchProblem,
@@ -98,6 +99,38 @@ STRATEGIES = {
     "evolution": lambda seed, **kw: EvolutionSearch(20, 8, 5, 0.2, 10, 10, seed=seed, **kw),
     "nsga2": lambda seed, **kw: NSGA2Search(20, 8, ["madds"], seed=seed, **kw),
 }
+
+
+# ---------------------------------------------------------------- list
+
+
+def test_list_search_evaluates_exactly_the_listed_archs_in_order(tmp_path):
+    path = tmp_path / "archs.txt"
+    path.write_text("# a study's sample\n0-1-2-3-0\n\n3-3-3-3-3  # largest\n0-1-2-3-0\n")
+    found, toy = run(ListSearch(archs=[[1, 1, 1, 1, 1]], path=str(path), batch_size=2))
+    assert found == [(1, 1, 1, 1, 1), (0, 1, 2, 3, 0), (3, 3, 3, 3, 3)]  # repeats evaluated once
+    assert toy.calls == 2
+    limit = toy.costs((3, 3, 3, 3, 3))["madds"] - 1e-9  # the largest is over it and left out
+    assert (3, 3, 3, 3, 3) not in run(ListSearch(path=str(path), max_madds=limit))[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "needs architectures"),
+        ({"archs": ["0-x-1-1-1"]}, r"strategy.archs\[0\]: '0-x-1-1-1' is not an architecture"),
+        ({"path": "/nonexistent/archs.txt"}, "cannot read /nonexistent/archs.txt"),
+    ],
+)
+def test_list_search_bad_input(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ListSearch(**kwargs)
+
+
+@pytest.mark.parametrize("arch", ["0-1-2-3", "0-1-2-3-4"])
+def test_list_search_rejects_archs_of_another_space(arch):
+    with pytest.raises(ConfigError, match="not an architecture of this space"):
+        ListSearch(archs=[arch]).search(Toy().problem())
 
 
 # ---------------------------------------------------------------- random search
@@ -318,6 +351,8 @@ def test_pareto_front_matches_the_definition(points, senses):
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml")))
 def test_strategy_configs_instantiate_and_search(name):
     cfg = OmegaConf.merge({"seed": 0}, {"strategy": OmegaConf.load(ROOT / "conf" / "strategy" / f"{name}.yaml")})
+    if name == "list":  # evaluates given architectures: the whole toy space here
+        cfg.strategy.archs = [list(a) for a in itertools.product(range(3), repeat=3)]
     strategy = instantiate(cfg.strategy)
     assert isinstance(strategy, SearchStrategy) and strategy.seed == 0 and strategy.limits == {}
     toy = Toy(layers=3, choices=3)
@@ -330,5 +365,5 @@ def test_strategy_configs_instantiate_and_search(name):
     assert found and all(toy.costs(a)["madds"] <= limit for a in toy.asked)
 
 
-def test_strategy_config_names_are_the_three_strategies():
-    assert sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml")) == ["evolution", "nsga2", "random"]
+def test_strategy_config_names_are_the_four_strategies():
+    assert sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml")) == ["evolution", "list", "nsga2", "random"]

@@ -40,7 +40,14 @@ def _input_of(supernet: Supernet, index: int, x: Tensor) -> Tensor:
     return x
 
 
-def block_similarity(supernet: Supernet, layer: int, x_batches: Iterable[Any]) -> np.ndarray:
+def _branch(block: torch.nn.Module, h: Tensor) -> Tensor:
+    """What a block adds to its input: ``f(x)`` of a residual block ``x + f(x)``, zero for a skip."""
+    out = block(h)
+    residual = getattr(block, "use_residual", False) or out is h
+    return out - h if residual else out
+
+
+def block_similarity(supernet: Supernet, layer: int, x_batches: Iterable[Any], branch: bool = True) -> np.ndarray:
     """m x m mean per-channel cosine similarity between the outputs of the choice blocks of one layer.
 
     For every batch, the input of searchable layer ``layer`` is computed by running the stem and
@@ -50,7 +57,13 @@ def block_similarity(supernet: Supernet, layer: int, x_batches: Iterable[Any]) -
     of blocks, each image and each output channel, the two channel maps are flattened over the
     spatial dimensions and their cosine similarity taken; the matrix holds the mean over images
     and channels. A pair where either map is all zeros (cosine undefined, e.g. a channel killed
-    by ReLU) is left out of that mean. Runs in eval mode (BN running statistics) without
+    by ReLU) is left out of that mean.
+
+    With ``branch`` (the default) a residual block contributes its residual branch ``f(x)``
+    instead of ``x + f(x)``: the identity part is the same input for every block and would make
+    even untrained blocks look alike (about 0.97 on fairnas_mini). A ``skip`` choice then has no
+    branch (all zeros), so its row and column are NaN; ``branch=False`` compares the full outputs,
+    skip included. Runs in eval mode (BN running statistics) without
     gradients, and restores the module's training mode afterwards.
 
     Args:
@@ -76,7 +89,8 @@ def block_similarity(supernet: Supernet, layer: int, x_batches: Iterable[Any]) -
                 x = x.to(device=parameter.device, dtype=parameter.dtype)
                 h = _input_of(supernet, index, x)
                 # (m, N, C, HW) in float64: the mean of many cosines should not lose precision.
-                outputs = torch.stack([block(h).flatten(2) for block in blocks]).to(torch.float64)
+                maps = [_branch(block, h) if branch else block(h) for block in blocks]
+                outputs = torch.stack([m.flatten(2) for m in maps]).to(torch.float64)
                 norms = outputs.norm(dim=-1)
                 valid = norms > 0
                 unit = outputs / torch.where(valid, norms, torch.ones_like(norms)).unsqueeze(-1)
@@ -90,7 +104,7 @@ def block_similarity(supernet: Supernet, layer: int, x_batches: Iterable[Any]) -
         raise ValueError("x_batches is empty: at least one input batch is needed")
     matrix = (sums / counts).numpy()  # 0 / 0 gives NaN: no defined pair
     matrix = np.clip((matrix + matrix.T) / 2.0, -1.0, 1.0)
-    np.fill_diagonal(matrix, 1.0)
+    np.fill_diagonal(matrix, np.where(np.isnan(np.diag(matrix)), np.nan, 1.0))
     return matrix
 
 
@@ -159,6 +173,8 @@ def plot_similarity(
             for i in range(m):
                 for j in range(m):
                     value = matrix[i, j]
+                    if not np.isfinite(value):
+                        continue
                     color = "white" if abs(value) > 0.6 else "black"  # readable on the dark ends of the map
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color)
     for ax in axes[len(items) :]:

@@ -6,6 +6,7 @@ from fairnas.search.evaluator import DeviceBatches, SupernetEvaluator, materiali
 from fairnas.search.strategies import (
     Arch,
     EvolutionSearch,
+    ListSearch,
     NSGA2Search,
     RandomSearch,
     SearchProblem,
@@ -25,6 +26,7 @@ __all__ = [
     "load_supernet",
     "materialise",
     "EvolutionSearch",
+    "ListSearch",
     "NSGA2Search",
     "RandomSearch",
     "SearchProblem",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 from fairnas.analysis import read_archs, stratified_sample, write_archs
 from fairnas.analysis.ranking import bootstrap_ci, kendall_tau, pearson_r, spearman_rho
 from fairnas.config_error import ConfigError
-from fairnas.models import CostModel, SearchSpace
+from fairnas.models import SearchSpace
 from fairnas.study.runner import Job, run_jobs
 from fairnas.utils import write_json_atomic
 
@@ -102,7 +101,7 @@ class RankingStudy:
         self.sample_size, self.sample_seed, self.num_bins = int(sample_size), int(sample_seed), num_bins
         self.seeds = [int(s) for s in seeds]
         self.standalone_overrides = [str(o) for o in standalone_overrides]
-        self.supernets = {str(k): [str(o) for o in v] for k, v in (supernets or {"sf": ["sampler=sf"]}).items()}
+        self.supernet_runs = {str(k): [str(o) for o in v] for k, v in (supernets or {"sf": ["sampler=sf"]}).items()}
         self.supernet_seed = int(supernet_seed)
         self.search_overrides = [str(o) for o in search_overrides]
         self.histogram_samples = int(histogram_samples)
@@ -110,6 +109,7 @@ class RankingStudy:
         self.similarity_batches = int(similarity_batches)
         self.bootstrap, self.bootstrap_seed = int(bootstrap), int(bootstrap_seed)
         self.top_k = [int(k) for k in top_k]
+        self._archs: list[str] | None = None
         self._run = {"parallel": int(parallel), "threads_per_job": threads_per_job, "python": python, "root": root}
 
     # ------------------------------------------------------------------ paths
@@ -141,6 +141,8 @@ class RankingStudy:
         An existing file is kept as it is (it may be hand-edited), so a resumed study never
         changes its architectures behind finished runs.
         """
+        if self._archs is not None:
+            return self._archs
         if self.archs_file.is_file():
             archs = read_archs(self.archs_file, self.space)
             log.info("using the %d architectures of %s", len(archs), self.archs_file)
@@ -148,7 +150,8 @@ class RankingStudy:
             archs = stratified_sample(self.space, self.sample_size, self.sample_seed, self.num_bins)
             write_archs(archs, self.archs_file, self.space)
             log.info("sampled %d architectures into %s", len(archs), self.archs_file)
-        return [self.space.format_arch(a) for a in archs]
+        self._archs = [self.space.format_arch(a) for a in archs]
+        return self._archs
 
     def ground_truth(self) -> dict[str, int]:
         """Trains every architecture stand-alone with every seed (the slow part; run it first).
@@ -204,8 +207,55 @@ class RankingStudy:
         )  # fmt: skip
         return result
 
-    def supernets_(self) -> dict[str, int]:  # pragma: no cover - replaced below
-        raise NotImplementedError
+    def supernets(self) -> dict[str, int]:
+        """Trains one supernet per entry of ``supernets``, all on the same data for the same epochs."""
+        jobs = [
+            Job("train.py", self.supernet_dir(name), (*self._train_base(), *overrides, f"seed={self.supernet_seed}"), True)
+            for name, overrides in self.supernet_runs.items()
+        ]
+        return self._jobs(jobs)
+
+    def oneshot(self) -> dict[str, int]:
+        """Each supernet evaluates the study's architectures and, for its histogram, a random sample (search.py)."""
+        jobs = []
+        for name in self.supernet_runs:
+            ckpt = self._checkpoint(name)
+            base = (f"ckpt_path={ckpt}", "logger=none", *self.search_overrides)
+            jobs.append(
+                Job("search.py", self.oneshot_dir(name, "sample"), (*base, "strategy=list", f"strategy.path={self.archs_file}"))
+            )
+            if self.histogram_samples > 0:
+                random = ("strategy=random", f"strategy.num_samples={self.histogram_samples}", f"seed={self.sample_seed}")
+                jobs.append(Job("search.py", self.oneshot_dir(name, "random"), (*base, *random, *self.histogram_overrides)))
+        return self._jobs(jobs)
+
+    def report(self) -> dict[str, Any]:
+        """Scores every supernet and the cost proxies against the ground truth; writes ``report/``."""
+        from fairnas.study.report import write_report
+
+        truth = self.ground_truth_table()
+        ceiling = self.ceiling()
+        archs = list(truth["arch"])
+        oneshot = {name: self._oneshot_accuracies(name, "sample", archs) for name in self.supernet_runs}
+        histograms = {
+            name: list(self._oneshot_accuracies(name, "random").values())
+            for name in self.supernet_runs
+            if self.histogram_samples > 0
+        }
+        similarity = self._similarity() if self.similarity_batches > 0 else {}
+        return write_report(
+            self.dir / "report",
+            truth=truth,
+            ceiling=ceiling,
+            oneshot=oneshot,
+            histograms=histograms,
+            similarity=similarity,
+            choice_names=[str(c) for c in self.space.searchable_layers[0].choices],
+            top_k=self.top_k,
+            n_boot=self.bootstrap,
+            seed=self.bootstrap_seed,
+            design=self._design(),
+        )
 
     # ------------------------------------------------------------------ tables
     def ground_truth_table(self) -> GroundTruth:
@@ -225,6 +275,68 @@ class RankingStudy:
         return GroundTruth(rows, [f"seed{s}" for s in self.seeds])
 
     # ------------------------------------------------------------------ helpers
+    def _checkpoint(self, name: str) -> Path:
+        run = self.supernet_dir(name)
+        if not (run / "results.json").is_file():
+            raise ConfigError(f"supernet {name!r} is not trained yet ({run}): run the supernets stage first")
+        return run / "checkpoints" / "last.ckpt"
+
+    def _oneshot_accuracies(self, name: str, kind: str, archs: Sequence[str] | None = None) -> dict[str, float]:
+        path = self.oneshot_dir(name, kind) / "evaluated.csv"
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: run the oneshot stage first")
+        with path.open() as f:
+            accs = {row["arch"]: float(row["acc1"]) for row in csv.DictReader(f)}
+        if archs is None:
+            return accs
+        missing = [a for a in archs if a not in accs]
+        if missing:
+            raise ConfigError(f"{path} lacks {len(missing)} of the study's architectures (e.g. {missing[0]}): rerun oneshot")
+        return {a: accs[a] for a in archs}
+
+    def _similarity(self) -> dict[str, dict[int, np.ndarray]]:
+        """Choice-block similarity of every searchable layer, per trained supernet and for an untrained one."""
+        import torch
+        from hydra.utils import instantiate
+
+        from fairnas.analysis import block_similarity
+        from fairnas.models import Supernet
+        from fairnas.search import load_supernet
+
+        nets: dict[str, Supernet] = {}
+        meta: dict[str, Any] = {}
+        for name in self.supernet_runs:
+            nets[name], meta = load_supernet(self._checkpoint(name))
+        untrained = Supernet(self.space, meta["num_classes"], meta["in_channels"], seed=self.supernet_seed)
+        nets = {"untrained": untrained, **nets}
+        datamodule = instantiate(meta["dataset"])
+        datamodule.setup("fit")
+        batches = []
+        for batch in datamodule.val_dataloader():
+            batches.append(batch[0])
+            if len(batches) == self.similarity_batches:
+                break
+        with torch.no_grad():
+            return {
+                name: {layer: block_similarity(net, layer, batches) for layer in range(self.space.num_layers)}
+                for name, net in nets.items()
+            }
+
+    def _design(self) -> dict[str, Any]:
+        return {
+            "search_space": self.space_name,
+            "architectures": self.sample_size,
+            "sample_seed": self.sample_seed,
+            "standalone_seeds": self.seeds,
+            "train_overrides": self.train_overrides,
+            "standalone_overrides": self.standalone_overrides,
+            "supernets": self.supernet_runs,
+            "supernet_seed": self.supernet_seed,
+            "search_overrides": self.search_overrides,
+            "histogram_samples": self.histogram_samples,
+            "bootstrap": self.bootstrap,
+        }
+
     def _done(self, arch: str, seed: int) -> bool:
         return (self.standalone_dir(arch, seed) / "results.json").is_file()
 
@@ -257,17 +369,3 @@ class GroundTruth:
         """Mean accuracy over seeds: the ground truth the supernets are scored against."""
         return self[self.seed_columns].mean(axis=1)
 
-    def write_csv(self, path: Path) -> None:
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[*self.rows[0], "mean"])
-            writer.writeheader()
-            for row, mean in zip(self.rows, self.mean):
-                writer.writerow({**row, "mean": mean})
-
-
-def _finite(values: Sequence[float]) -> bool:
-    return all(math.isfinite(v) for v in values)
-
-
-def cost_model_of(space: SearchSpace) -> CostModel:
-    return CostModel.create(space)

@@ -1,0 +1,148 @@
+"""The ranking study: job runner (skip, resume, failures), the ceiling, and the miniature study end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, load_space, run_entry
+from scipy import stats
+
+from fairnas.config_error import ConfigError
+from fairnas.study import Job, JobFailed, RankingStudy, run_jobs
+
+# A stand-in for train.py: writes results.json into hydra.run.dir, or fails when asked to.
+FAKE_TRAIN = """
+import json, sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+if args.get("fail") == "1":
+    print("boom", file=sys.stderr)
+    sys.exit(3)
+out = Path(args["hydra.run.dir"])
+(out / "results.json").write_text(json.dumps(args))
+"""
+
+
+@pytest.fixture
+def fake_root(tmp_path: Path) -> Path:
+    (tmp_path / "fake.py").write_text(FAKE_TRAIN)
+    return tmp_path
+
+
+def test_jobs_run_in_parallel_skip_finished_ones_and_log_their_commands(fake_root: Path):
+    jobs = [Job("fake.py", fake_root / "runs" / str(i), (f"x={i}",)) for i in range(3)]
+    commands = fake_root / "commands.sh"
+    assert run_jobs(jobs, parallel=2, threads_per_job=1, root=fake_root, commands_file=commands) == {
+        "skipped": 0,
+        "ran": 3,
+    }
+    assert json.loads((fake_root / "runs" / "1" / "results.json").read_text())["x"] == "1"
+    assert commands.read_text().splitlines()[0] == f"python fake.py x=0 hydra.run.dir={fake_root / 'runs' / '0'}"
+    again = [*jobs, Job("fake.py", fake_root / "runs" / "3", ("x=3",))]
+    assert run_jobs(again, root=fake_root, commands_file=commands) == {"skipped": 3, "ran": 1}
+    assert len(commands.read_text().splitlines()) == 4  # only what ran is logged
+
+
+def test_a_failing_job_does_not_stop_the_others_and_is_named(fake_root: Path):
+    jobs = [Job("fake.py", fake_root / "bad", ("fail=1",)), Job("fake.py", fake_root / "good", ())]
+    with pytest.raises(JobFailed, match=r"1 of 2 runs failed:\n  .*bad \(exit code 3; see its console.log\)"):
+        run_jobs(jobs, root=fake_root)
+    assert (fake_root / "good" / "results.json").is_file()
+    assert "boom" in (fake_root / "bad" / "console.log").read_text()
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        run_jobs(jobs, parallel=0, root=fake_root)
+
+
+def test_an_interrupted_training_job_resumes_from_its_last_checkpoint(tmp_path: Path):
+    job = Job("train.py", tmp_path / "run", ("arch=0-0",), resumable=True)
+    assert not any(a.startswith("ckpt_path=") for a in job.argv(sys.executable, ROOT))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    argv = job.argv(sys.executable, ROOT)
+    assert argv[-2:] == [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    assert not any(a.startswith("ckpt_path=") for a in Job("search.py", tmp_path / "run").argv(sys.executable, ROOT))
+
+
+def _fake_ground_truth(study: RankingStudy, accs: np.ndarray) -> None:
+    """Writes the results.json files stand-alone runs would leave (accs: archs x seeds)."""
+    for arch, row in zip(study.sample(), accs):
+        for seed, acc in zip(study.seeds, row):
+            run = study.standalone_dir(arch, seed)
+            run.mkdir(parents=True)
+            (run / "results.json").write_text(json.dumps({"val/acc": acc, "madds": 1, "params": 2}))
+
+
+def test_the_ceiling_compares_seed_halves_and_matches_scipy(tmp_path: Path):
+    study = RankingStudy(str(tmp_path), load_space("fairnas_mini"), "fairnas_mini", sample_size=12, seeds=[0, 1, 2, 3],
+                         bootstrap=200)  # fmt: skip
+    rng = np.random.default_rng(0)
+    accs = np.linspace(0.8, 0.9, 12)[:, None] + rng.normal(scale=0.01, size=(12, 4))
+    with pytest.raises(ConfigError, match="run the ground_truth stage first"):
+        study.ceiling()
+    _fake_ground_truth(study, accs)
+    ceiling = study.ceiling()
+    assert ceiling["halves"] == [[0, 1], [2, 3]] and ceiling["n"] == 12
+    expected = stats.kendalltau(accs[:, :2].mean(axis=1), accs[:, 2:].mean(axis=1)).statistic
+    assert ceiling["kendall_tau"] == pytest.approx(expected)
+    assert ceiling["kendall_tau_low"] <= ceiling["kendall_tau"] <= ceiling["kendall_tau_high"]
+    assert ceiling["seed_std"] == pytest.approx(np.sqrt(np.mean(accs.var(axis=1, ddof=1))))
+    assert json.loads((tmp_path / "ceiling.json").read_text())["kendall_tau"] == pytest.approx(expected)
+    assert np.allclose(study.ground_truth_table().mean, accs.mean(axis=1))
+
+
+def test_the_sample_is_written_once_and_then_read_back(tmp_path: Path):
+    space = load_space("fairnas_mini")
+    first = RankingStudy(str(tmp_path), space, "fairnas_mini", sample_size=6).sample()
+    assert len(first) == 6 and (tmp_path / "archs.txt").read_text().split() == first
+    # A resumed study keeps its architectures even if the preset's size changed meanwhile.
+    assert RankingStudy(str(tmp_path), space, "fairnas_mini", sample_size=9).sample() == first
+    with pytest.raises(ConfigError, match="distinct seeds"):
+        RankingStudy(str(tmp_path), space, "fairnas_mini", seeds=[0, 0])
+    with pytest.raises(ConfigError, match="unknown stage"):
+        RankingStudy(str(tmp_path), space, "fairnas_mini").run(["train"])
+
+
+def test_the_miniature_study_runs_end_to_end_and_resumes(tmp_path: Path):
+    out = tmp_path / "study"
+    common = ["study=ranking_tiny", f"study.out_dir={out}", "parallel=2", "threads_per_job=1"]
+    done = run_entry("study.py", *common, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out / "report"
+    results = json.loads((report / "results.json").read_text())
+    predictors = [row["predictor"] for row in results["ranking"]]
+    assert predictors == ["sf", "ef", "biased", "MAdds (proxy)", "params (proxy)",
+                          "ceiling: stand-alone seeds [0] vs [1]"]  # fmt: skip
+    assert all(row["n"] == 5 for row in results["ranking"])
+    assert [p["comparison"] for p in results["paired"]] == [
+        "tau(sf) - tau(ef)", "tau(sf) - tau(biased)", "tau(sf) - tau(MAdds (proxy))", "tau(sf) - tau(params (proxy))"
+    ]  # fmt: skip
+    assert set(results["similarity"]) == {"untrained", "sf", "ef", "biased"}
+    assert {name: h["n"] for name, h in results["histograms"].items()} == {"sf": 8, "ef": 8, "biased": 8}
+    for name in ("report.md", "ranking.csv", "paired.csv", "architectures.csv", "scatter.png", "histogram.png",
+                 "similarity_sf.png", "similarity_untrained.png"):  # fmt: skip
+        assert (report / name).stat().st_size > 0, name
+    assert "| sf | 5 |" in (report / "report.md").read_text()
+    # Every run is an ordinary run directory, and its command is on record.
+    commands = (out / "commands.sh").read_text().splitlines()
+    assert len(commands) == 5 * 2 + 3 + 3 * 2
+    assert sum("arch=" in c for c in commands) == 10 and sum(c.startswith("python search.py") for c in commands) == 6
+    arch = (out / "archs.txt").read_text().split()[0]
+    assert json.loads((out / "ground_truth" / arch / "seed1" / "results.json").read_text())["arch"] == arch
+
+    # Rerunning does nothing again: every run is skipped, no result is rewritten.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/**/results.json") if "report" not in p.parts}
+    again = run_entry("study.py", *common, "stages=[ground_truth,supernets,oneshot]", timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len((out / "commands.sh").read_text().splitlines()) == len(commands)
+
+
+def test_a_report_before_the_runs_is_one_clear_error(tmp_path: Path):
+    done = run_entry("study.py", "study=ranking_tiny", f"study.out_dir={tmp_path}", "stages=[report]")
+    assert done.returncode == 2
+    assert "stand-alone runs are not finished" in done.stderr and "run the ground_truth stage first" in done.stderr
+    assert "Traceback" not in done.stderr
