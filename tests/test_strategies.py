@@ -366,4 +366,9 @@ def test_strategy_configs_instantiate_and_search(name):
 
 
 def test_strategy_config_names_are_the_four_strategies():
-    assert sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml")) == ["evolution", "list", "nsga2", "random"]
+    assert sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml")) == [
+        "evolution",
+        "list",
+        "nsga2",
+        "random",
+    ]

@@ -63,7 +63,10 @@ def test_an_interrupted_training_job_resumes_from_its_last_checkpoint(tmp_path: 
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
     argv = job.argv(sys.executable, ROOT)
-    assert argv[-2:] == [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    assert argv[-2:] == [
+        f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     assert not any(a.startswith("ckpt_path=") for a in Job("search.py", tmp_path / "run").argv(sys.executable, ROOT))
 
 

@@ -396,7 +396,9 @@ class ListSearch(SearchStrategy):
         try:
             return tuple(int(p) for p in parts)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {arch!r} is not an architecture of choice indices like 5-3-3-1-0-0-2-4") from None
+            raise ConfigError(
+                f"{where}: {arch!r} is not an architecture of choice indices like 5-3-3-1-0-0-2-4"
+            ) from None
 
     def search(self, problem: SearchProblem) -> list[Arch]:
         for arch in self.archs:

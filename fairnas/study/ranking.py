@@ -210,7 +210,12 @@ class RankingStudy:
     def supernets(self) -> dict[str, int]:
         """Trains one supernet per entry of ``supernets``, all on the same data for the same epochs."""
         jobs = [
-            Job("train.py", self.supernet_dir(name), (*self._train_base(), *overrides, f"seed={self.supernet_seed}"), True)
+            Job(
+                "train.py",
+                self.supernet_dir(name),
+                (*self._train_base(), *overrides, f"seed={self.supernet_seed}"),
+                True,
+            )
             for name, overrides in self.supernet_runs.items()
         ]
         return self._jobs(jobs)
@@ -222,11 +227,21 @@ class RankingStudy:
             ckpt = self._checkpoint(name)
             base = (f"ckpt_path={ckpt}", "logger=none", *self.search_overrides)
             jobs.append(
-                Job("search.py", self.oneshot_dir(name, "sample"), (*base, "strategy=list", f"strategy.path={self.archs_file}"))
+                Job(
+                    "search.py",
+                    self.oneshot_dir(name, "sample"),
+                    (*base, "strategy=list", f"strategy.path={self.archs_file}"),
+                )
             )
             if self.histogram_samples > 0:
-                random = ("strategy=random", f"strategy.num_samples={self.histogram_samples}", f"seed={self.sample_seed}")
-                jobs.append(Job("search.py", self.oneshot_dir(name, "random"), (*base, *random, *self.histogram_overrides)))
+                random = (
+                    "strategy=random",
+                    f"strategy.num_samples={self.histogram_samples}",
+                    f"seed={self.sample_seed}",
+                )
+                jobs.append(
+                    Job("search.py", self.oneshot_dir(name, "random"), (*base, *random, *self.histogram_overrides))
+                )
         return self._jobs(jobs)
 
     def report(self) -> dict[str, Any]:
@@ -264,7 +279,8 @@ class RankingStudy:
         missing = [str(self.standalone_dir(a, s)) for a in archs for s in self.seeds if not self._done(a, s)]
         if missing:
             raise ConfigError(
-                f"{len(missing)} stand-alone runs are not finished (e.g. {missing[0]}): run the ground_truth stage first"
+                f"{len(missing)} stand-alone runs are not finished (e.g. {missing[0]}): "
+                "run the ground_truth stage first"
             )
         rows = []
         for arch in archs:
@@ -291,7 +307,9 @@ class RankingStudy:
             return accs
         missing = [a for a in archs if a not in accs]
         if missing:
-            raise ConfigError(f"{path} lacks {len(missing)} of the study's architectures (e.g. {missing[0]}): rerun oneshot")
+            raise ConfigError(
+                f"{path} lacks {len(missing)} of the study's architectures (e.g. {missing[0]}): rerun oneshot"
+            )
         return {a: accs[a] for a in archs}
 
     def _similarity(self) -> dict[str, dict[int, np.ndarray]]:
@@ -368,4 +386,3 @@ class GroundTruth:
     def mean(self) -> np.ndarray:
         """Mean accuracy over seeds: the ground truth the supernets are scored against."""
         return self[self.seed_columns].mean(axis=1)
-

@@ -129,7 +129,9 @@ def write_report(
     summaries = {}
     for name, matrices in similarity.items():
         figures.append(
-            plot_similarity(matrices, out_dir / f"similarity_{name}.png", f"choice-block similarity: {name}", choice_names)
+            plot_similarity(
+                matrices, out_dir / f"similarity_{name}.png", f"choice-block similarity: {name}", choice_names
+            )
         )
         summaries[name] = similarity_summary(matrices)
 
@@ -144,8 +146,10 @@ def write_report(
         "ranking": rows,
         "paired": paired,
         "histograms": hist_stats,
-        "similarity": {name: {"overall": s["overall"], "per_layer": {str(k): v for k, v in s["per_layer"].items()}}
-                       for name, s in summaries.items()},  # fmt: skip
+        "similarity": {
+            name: {"overall": s["overall"], "per_layer": {str(k): v for k, v in s["per_layer"].items()}}
+            for name, s in summaries.items()
+        },  # fmt: skip
     }
     write_json_atomic(out_dir / "results.json", results)
     write_text_atomic(out_dir / "report.md", _markdown(rows, paired, ceiling, hist_stats, summaries, figures, truth))
@@ -161,12 +165,13 @@ def _markdown(
     figures: Sequence[Path],
     truth: Any,
 ) -> str:
+    seeds = ", ".join(c.removeprefix("seed") for c in truth.seed_columns)
+    low, high = (100 * v for v in ceiling["acc_range"])
     lines = [
         "# Ranking study report",
         "",
-        f"Ground truth: {len(truth)} architectures trained stand-alone with seeds "
-        f"{', '.join(c.removeprefix('seed') for c in truth.seed_columns)}; accuracy {100 * ceiling['acc_range'][0]:.2f}-"
-        f"{100 * ceiling['acc_range'][1]:.2f}% (std across architectures {100 * ceiling['acc_std_across_archs']:.2f} pp, "
+        f"Ground truth: {len(truth)} architectures trained stand-alone with seeds {seeds}; accuracy "
+        f"{low:.2f}-{high:.2f}% (std across architectures {100 * ceiling['acc_std_across_archs']:.2f} pp, "
         f"seed-to-seed std of one architecture {100 * ceiling['seed_std']:.2f} pp).",
         "",
         "## Rank correlation with the ground truth (95% bootstrap intervals)",
