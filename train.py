@@ -11,22 +11,24 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fairnas.config_error import ConfigError
+from fairnas.data.base import SplitDataModule
 from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.search.checkpoint import load_checkpoint
 from fairnas.system import resolve_strategy
+from fairnas.system.ddp import isolated_distributed_run
 from fairnas.utils import write_json_atomic
 
 log = logging.getLogger("fairnas")
@@ -58,7 +60,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         fixed = {"arch": space.parse_arch(_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
         sampler = instantiate(cfg.sampler, num_layers=space.num_layers, num_choices=space.num_choices, **fixed)
         system = instantiate(cfg.system)(
-            supernet=supernet, sampler=sampler, optimizer=optimizer, scheduler=scheduler, metadata=metadata
+            supernet=supernet,
+            sampler=sampler,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            metadata=metadata,
+            seed=cfg.seed,
         )
         log.info(
             "supernet %s: %d searchable layers x %d choices, sampler %r",
@@ -69,20 +76,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     else:
         net = build_child(space, arch, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
-        system = instantiate(cfg.standalone)(net=net, optimizer=optimizer, scheduler=scheduler, metadata=metadata)
+        system = instantiate(cfg.standalone)(
+            net=net, optimizer=optimizer, scheduler=scheduler, metadata=metadata, seed=cfg.seed
+        )
         log.info("stand-alone %s %s: %s", space.name, space.format_arch(arch), " ".join(space.describe_arch(arch)))
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     strategy = resolve_strategy(t["strategy"], t["accelerator"], t["devices"], t["num_nodes"], arch is None)
-    if strategy != t["strategy"] and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        # Lightning relaunches sys.argv for the other ranks, so each would run the whole sweep.
-        raise ConfigError(
-            "a multirun sweep (-m) with trainer.devices > 1 is not supported yet: run each job of the "
-            "sweep as its own command, or sweep with trainer.devices=1"
-        )
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy)
+    if trainer.world_size == 1 and isinstance(datamodule, SplitDataModule):
+        # Our datamodules resume mid-epoch exactly (SplitDataModule.state_dict); Lightning cannot tell.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     # weights_only: a checkpoint can never run code (ours hold only tensors and plain data).
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
@@ -101,6 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "global_step": trainer.global_step,
         "epoch": trainer.current_epoch,
         "seed": cfg.seed,
+        "world_size": trainer.world_size,
         "wall_time_s": round(time.time() - start, 2),
         "search_space": space.name,
     }
@@ -147,7 +154,8 @@ def _plain(value: Any) -> Any:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
-        train(cfg)
+        with isolated_distributed_run():  # in a -m sweep, the next job starts clean
+            train(cfg)
     except Exception as err:
         exit_on_user_error(err, log)
 

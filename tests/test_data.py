@@ -195,10 +195,30 @@ def test_train_order_seeded(fashion_dir: Path) -> None:
     other = [y for _, y in fashion(fashion_dir, seed=6).train_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
-    # A second epoch from the same loader continues the stream: a new order.
+    # The order is a function of (seed, epoch), as Lightning sets the epoch before each one.
     loader = fashion(fashion_dir, seed=5).train_dataloader()
-    epoch1, epoch2 = [y for _, y in loader], [y for _, y in loader]
-    assert not all(torch.equal(a, b) for a, b in zip(epoch1, epoch2, strict=True))
+    epoch0 = [y for _, y in loader]
+    loader.sampler.set_epoch(1)
+    epoch1 = [y for _, y in loader]
+    assert not all(torch.equal(a, b) for a, b in zip(epoch0, epoch1, strict=True))
+    fresh = fashion(fashion_dir, seed=5).train_dataloader()
+    fresh.sampler.set_epoch(1)
+    assert all(torch.equal(a, b) for a, b in zip(epoch1, [y for _, y in fresh], strict=True))
+
+
+def test_a_resumed_epoch_skips_exactly_the_batches_already_trained(fashion_dir: Path) -> None:
+    full = fashion(fashion_dir, seed=3).train_dataloader()
+    full.sampler.set_epoch(2)
+    expected = [y for _, y in full]
+    dm = fashion(fashion_dir, seed=3)
+    dm.load_state_dict({"epoch": 2, "batches": 3})  # as a checkpoint after 3 batches of epoch 2 holds
+    resumed = dm.train_dataloader()
+    resumed.sampler.set_epoch(2)
+    rest = [y for _, y in resumed]
+    assert len(rest) == len(expected) - 3
+    assert all(torch.equal(a, b) for a, b in zip(rest, expected[3:], strict=True))
+    resumed.sampler.set_epoch(3)  # the skip applies once: the next epoch is whole
+    assert len([y for _, y in resumed]) == len(expected)
 
 
 def test_split_seed_fixes_the_validation_split_while_seed_changes_the_order(fashion_dir: Path) -> None:

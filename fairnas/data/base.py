@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 
 from fairnas.data.errors import DataError
 
@@ -109,15 +109,55 @@ def identity_collate(batch: Any) -> Any:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker its own augmentation stream.
+    """DataLoader ``worker_init_fn``: seed torch's global RNG per worker (torchvision transforms use it).
 
-    Worker processes receive copies of the dataset, so without this every worker would replay
-    the same augmentation draws. ``worker_info.seed`` is drawn from the loader's (seeded)
-    generator, so the result stays deterministic for a given ``seed``.
+    ``worker_info.seed`` is drawn from the loader's (seeded) generator, so the result stays
+    deterministic for a given ``seed``. (In-memory datasets seed each batch from its indices
+    and need no per-worker state.)
     """
     info = get_worker_info()
-    if info is not None and hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(info.seed)
+    if info is not None:
+        torch.manual_seed(info.seed)
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A random order that is a function of ``(seed, epoch)``, and can skip the part of an epoch already trained.
+
+    Lightning calls :meth:`set_epoch` before every epoch, so a run resumed at epoch e draws
+    exactly the order an uninterrupted run draws there, and :meth:`resume_at` makes a run resumed
+    mid-epoch continue with the batches that were not trained yet. It stays a ``RandomSampler``
+    so that Lightning swaps in its own (also epoch-seeded) ``DistributedSampler`` under DDP.
+
+    Args:
+        data_source: The training dataset.
+        seed: Seed of the order (the datamodule derives it from its ``seed``).
+    """
+
+    def __init__(self, data_source: Any, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, samples to skip)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """Skip the first ``samples`` indices of epoch ``epoch`` (once: the next epoch starts in full)."""
+        self._resume = (int(epoch), int(samples)) if samples > 0 else None
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, STREAM_SHUFFLE, self.epoch))
+        order = torch.randperm(len(self.data_source), generator=generator)
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]
+            self._resume = None
+        yield from order[start:].tolist()
+
+    def __len__(self) -> int:
+        # The full epoch, also when resuming: Lightning counts the skipped batches as done.
+        return len(self.data_source)
 
 
 @dataclass
@@ -181,8 +221,7 @@ class SplitDataModule(pl.LightningDataModule):
         self.split_seed = self.seed if split_seed is None else int(split_seed)
         self.train_subset = None if train_subset is None else int(train_subset)
         self.num_workers = int(num_workers)
-        # Owned by the datamodule so successive epochs continue one deterministic stream.
-        self._shuffle_generator = torch.Generator().manual_seed(derive_seed(self.seed, STREAM_SHUFFLE))
+        self._resume_state: dict[str, int] | None = None
         self._splits: Splits | None = None
 
     # ----------------------------------------------------------------- subclass hooks
@@ -234,7 +273,30 @@ class SplitDataModule(pl.LightningDataModule):
                 f"training split has {len(dataset)} samples, fewer than batch_size={self.batch_size}; "  # type: ignore[arg-type]
                 "with drop_last=True there would be no batches. Lower batch_size or raise train_subset."
             )
-        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
+        sampler = EpochShuffleSampler(dataset, self.seed)
+        if self._resume_state is not None:
+            sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches"] * self.batch_size)
+            self._resume_state = None
+        return self._loader(dataset, self.batch_size, shuffle=False, drop_last=True, sampler=sampler)
+
+    # ----------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, int]:
+        """Where training is in the data: the epoch and the batches of it already trained.
+
+        Lightning stores this in every checkpoint; :meth:`load_state_dict` makes a resumed
+        run's first epoch skip those batches, so it sees exactly the batches an uninterrupted
+        run would (single device; under DDP Lightning's own sampler restarts the epoch).
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        return {
+            "epoch": int(trainer.current_epoch),
+            "batches": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_state = dict(state_dict) if state_dict else None
 
     def val_dataloader(self) -> DataLoader:
         """Validation loader (held out from training data), in fixed order."""
@@ -289,8 +351,9 @@ class SplitDataModule(pl.LightningDataModule):
         shuffle: bool,
         drop_last: bool,
         persistent: bool = True,
+        sampler: RandomSampler | None = None,
     ) -> DataLoader:
-        # A plain DataLoader with a normal sampler, so Lightning can swap in a DistributedSampler.
+        # A DataLoader with a RandomSampler (sub)class or none, so Lightning can swap in a DistributedSampler.
         collate: Callable[[Any], Any] | None = identity_collate if self._batched else None
         workers = self.num_workers
         return DataLoader(
@@ -300,7 +363,7 @@ class SplitDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             num_workers=workers,
             collate_fn=collate,
-            generator=self._shuffle_generator if shuffle else None,
+            sampler=sampler,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=seed_worker if workers > 0 else None,
             persistent_workers=persistent and workers > 0,

@@ -104,7 +104,9 @@ class BatchedTensorDataset(Dataset):
         mean: Per-channel mean in [0, 1] units.
         std: Per-channel std in [0, 1] units.
         augment: Augmentation name (see ``AUGMENTATIONS``); None for eval data.
-        seed: Seeds the dataset's own augmentation generator.
+        seed: Seeds the augmentation. Each batch's draws are a function of ``seed`` and the
+            batch's indices alone, so they do not depend on how many batches came before (a
+            resumed run, or DataLoader workers, see exactly what an uninterrupted one would).
         crop_padding: Crop padding; None for :func:`default_crop_padding`.
     """
 
@@ -133,11 +135,7 @@ class BatchedTensorDataset(Dataset):
         self._offset = torch.tensor([255.0 * float(m) for m in mean]).view(1, -1, 1, 1)
         self._scale = torch.tensor([255.0 * float(s) for s in std]).view(1, -1, 1, 1)
         self.seed = int(seed)
-        self.generator = torch.Generator().manual_seed(self.seed)
-
-    def reseed(self, seed: int) -> None:
-        """Restart the augmentation stream (called per DataLoader worker)."""
-        self.generator.manual_seed(derive_seed(self.seed, seed))
+        self.generator = torch.Generator()
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -148,6 +146,7 @@ class BatchedTensorDataset(Dataset):
         x = self.images[idx]
         # Augment in uint8 so crop padding is black before normalisation, like torchvision.
         if self.augment is not None:
+            self.generator.manual_seed(derive_seed(self.seed, *idx.tolist()))
             x = augment_batch(x, self.augment, self.generator, self.crop_padding)
         x = x.float().sub_(self._offset).div_(self._scale)
         return x, self.labels[idx]

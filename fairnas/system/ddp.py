@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from fairnas.config_error import ConfigError
 
@@ -43,7 +47,80 @@ def resolve_strategy(
     """
     name = strategy if isinstance(strategy, str) else None
     if name in _DDP_NAMES:
-        return DDPStrategy(find_unused_parameters=find_unused_parameters, start_method=_DDP_NAMES[name])
+        return HydraDDPStrategy(find_unused_parameters=find_unused_parameters, start_method=_DDP_NAMES[name])
     if name == "auto" and count_devices(accelerator, devices) * int(num_nodes) > 1:
-        return DDPStrategy(find_unused_parameters=find_unused_parameters)
+        return HydraDDPStrategy(find_unused_parameters=find_unused_parameters)
     return strategy
+
+
+def _hydra_job_command(local_rank: int) -> tuple[list[str], str]:
+    """The command that starts DDP rank ``local_rank`` of the CURRENT Hydra job, multirun included.
+
+    Lightning's own version re-runs ``sys.argv``: inside a ``-m`` sweep every worker would then run
+    the whole sweep, in the wrong directory. This one runs this job alone: its task overrides, in
+    its output directory (the worker writes its log there too, and no second ``.hydra``).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd, to_absolute_path
+
+    import __main__
+
+    hc = HydraConfig.get()
+    if __main__.__spec__ is None:
+        command = [sys.executable, to_absolute_path(sys.argv[0])]
+    else:
+        command = [sys.executable, "-m", __main__.__spec__.name]
+    skip = ("hydra.run.", "hydra.sweep.", "hydra.mode", "hydra.job.name", "hydra.output_subdir")
+    command += [o for o in hc.overrides.hydra if not o.startswith(skip)]
+    command += list(hc.overrides.task)
+    output_dir = hc.runtime.output_dir.replace("\\", "\\\\").replace('"', '\\"')
+    command += [f'hydra.run.dir="{output_dir}"', f"hydra.job.name={hc.job.name}_ddp_rank{local_rank}",
+                "hydra.output_subdir=null"]  # fmt: skip
+    return command, get_original_cwd()
+
+
+class _HydraJobLauncher(_SubprocessScriptLauncher):
+    """Lightning's script launcher, starting the other ranks with :func:`_hydra_job_command`."""
+
+    def _call_children_scripts(self) -> None:
+        module = sys.modules[_SubprocessScriptLauncher.__module__]
+        original = module._hydra_subprocess_cmd
+        module._hydra_subprocess_cmd = _hydra_job_command
+        try:
+            super()._call_children_scripts()
+        finally:
+            module._hydra_subprocess_cmd = original
+
+
+class HydraDDPStrategy(DDPStrategy):
+    """DDP whose script launcher works inside Hydra multirun sweeps (see :func:`_hydra_job_command`)."""
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):
+            self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+
+# What Lightning's launcher puts into this process's environment for the ranks it starts.
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def isolated_distributed_run() -> Iterator[None]:
+    """Leaves no trace of a DDP run in this process: the next job of a sweep starts clean.
+
+    Lightning sets LOCAL_RANK, WORLD_SIZE, ... in the launching process and never destroys the
+    process group; the next job of a ``-m`` sweep would then believe it was started by an external
+    launcher and wait forever for ranks that are gone. This undoes both after the run.
+    """
+    before = {k: os.environ.get(k) for k in _LAUNCH_ENV}
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

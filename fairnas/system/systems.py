@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
 from fairnas.config_error import ConfigError
+from fairnas.data.base import derive_seed
 from fairnas.models import ChildNet, Supernet
 from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
 from fairnas.samplers import PathSampler
@@ -56,8 +57,10 @@ class _ClassifierSystem(pl.LightningModule):
         weight_decay_bn_bias: bool = False,
         metadata: dict[str, Any] | None = None,
         nonfinite: str = "stop",
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = int(seed)
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"system.nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.nonfinite = nonfinite
@@ -164,6 +167,12 @@ class _ClassifierSystem(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fairnas"] = self.metadata
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # torch's global generator drives dropout (every other draw uses an owned generator). Seeding
+        # it from (seed, step) makes the masks independent of whatever drew from it before (data
+        # loader set-up, validation), so a resumed run draws exactly what an uninterrupted one did.
+        torch.manual_seed(derive_seed(self.seed, self.global_step))
+
 
 class SupernetSystem(_ClassifierSystem):
     """Trains a supernet with the paths of a sampler (strict fairness by default).
@@ -185,6 +194,7 @@ class SupernetSystem(_ClassifierSystem):
         grad_clip: Max gradient norm (clipped once per optimizer step), or None.
         nonfinite: What a NaN/inf gradient does: ``stop`` (save ``checkpoints/last_good.ckpt`` and
             end with an error) or ``skip`` (drop that update, count it, warn).
+        seed: Seeds torch's global generator (dropout) at every step, from (seed, step).
         weight_decay_bn_bias: Apply weight decay to BN parameters and biases too.
         grad_reduction: ``sum`` (default) or ``mean`` of the gradients of a group's paths.
         split_batch: Give each path of a group its own chunk of the batch instead of the whole batch.
@@ -216,8 +226,11 @@ class SupernetSystem(_ClassifierSystem):
         path_check_every: int = 1,
         metadata: dict[str, Any] | None = None,
         nonfinite: str = "stop",
+        seed: int = 0,
     ) -> None:
-        super().__init__(optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite)
+        super().__init__(
+            optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite, seed
+        )
         if grad_reduction not in ("sum", "mean"):
             raise ConfigError(f"grad_reduction must be 'sum' or 'mean', got {grad_reduction!r}")
         if (sampler.num_layers, sampler.num_choices) != (supernet.space.num_layers, supernet.space.num_choices):
@@ -417,8 +430,11 @@ class StandaloneSystem(_ClassifierSystem):
         weight_decay_bn_bias: bool = False,
         metadata: dict[str, Any] | None = None,
         nonfinite: str = "stop",
+        seed: int = 0,
     ) -> None:
-        super().__init__(optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite)
+        super().__init__(
+            optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite, seed
+        )
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "metadata"])
         self.net = net
         num_classes = net.head.classifier.out_features
