@@ -52,8 +52,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # How to train an architecture of this space on this data from scratch (search.py prints it).
         "retrain_overrides": _retrain_overrides(),
     }
-    if cfg.ckpt_path is not None:
-        _check_resumable(cfg.ckpt_path, metadata)
+    ckpt_path = _resume_path(cfg.ckpt_path, out_dir)
+    if ckpt_path is not None:
+        _check_resumable(ckpt_path, metadata)
     optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.scheduler)
     if arch is None:
         supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
@@ -91,7 +92,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     # weights_only: a checkpoint can never run code (ours hold only tensors and plain data).
     try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         # SaveOnInterrupt has saved the state; a scheduler must not read the stop as success.
         sys.exit(128 + signal.SIGTERM)
@@ -120,6 +121,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(out_dir / "results.json", results)
         log.info("results in %s: %s", out_dir / "results.json", {k: results[k] for k in sorted(results)})
     return results
+
+
+def _resume_path(ckpt_path: str | None, out_dir: Path) -> str | None:
+    """``ckpt_path=last``: the newest checkpoint of this run directory (periodic/interrupt
+    ``checkpoints/last.ckpt`` or a SLURM requeue's ``hpc_ckpt_<n>.ckpt``), or a fresh start if none."""
+    if ckpt_path != "last":
+        return ckpt_path
+    found = [p for p in [out_dir / "checkpoints" / "last.ckpt", *out_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    if not found:
+        log.info("ckpt_path=last: no checkpoint in %s yet, starting from scratch", out_dir)
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+    log.info("ckpt_path=last: resuming from %s", newest)
+    return str(newest)
 
 
 def _check_resumable(path: str, metadata: dict[str, Any]) -> None:

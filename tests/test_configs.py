@@ -76,3 +76,18 @@ def test_trainer_and_callbacks(tmp_path):
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     assert trainer.max_steps == 3 and trainer.default_root_dir == str(tmp_path)
     assert OmegaConf.select(cfg, "system.val_archs") == 8
+
+
+def test_the_slurm_launcher_composes_with_one_task_per_device():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2", "ckpt_path=last"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+    assert launcher.max_num_timeout == 0 and launcher.signal_delay_s > 0  # Lightning requeues, submitit does not
+    assert launcher.additional_parameters.requeue is True
+    assert cfg.ckpt_path == "last"

@@ -119,3 +119,15 @@ def test_a_run_killed_with_sigkill_resumes_from_its_periodic_checkpoint(tmp_path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_state(straight / "checkpoints" / "last.ckpt", last)
     same_metrics(straight, run)
+
+
+def test_ckpt_path_last_starts_fresh_then_resumes_the_same_run_directory(tmp_path: Path):
+    common = ["dataset=synthetic", "dataset.batch_size=64", "trainer.limit_val_batches=1", "logger=none",
+              "trainer.max_epochs=3", "ckpt_path=last", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    first = run_entry("train.py", *common, "trainer.max_steps=4")  # nothing to resume: a fresh start
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert results(tmp_path)["global_step"] == 4
+    again = run_entry("train.py", *common, "trainer.max_steps=6")  # what a requeued job does
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert results(tmp_path)["global_step"] == 6
+    assert "resuming from" in (tmp_path / "train.log").read_text()
