@@ -1,0 +1,123 @@
+"""Bad input at the entry points: one clear message, a non-zero exit, nothing on disk damaged.
+
+docs/bad-inputs.md lists every case with the test that covers it; the older cases live next to
+the features they guard (test_train.py, test_search.py, test_strategies.py, test_study.py).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_entry
+
+FAST = ["dataset=synthetic", "dataset.batch_size=64", "trainer.max_steps=1", "trainer.limit_val_batches=1"]
+ARGS = {"train.py": FAST, "search.py": [], "study.py": []}  # search.py reads the rest from the checkpoint
+
+
+def assert_clean_failure(proc, message: str, code: int = 2) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.max_stepz=1"], "Key 'max_stepz' is not in struct"),
+        (["search_space=fairnas_huge"], "Could not find 'search_space/fairnas_huge'"),
+        (["search_space.choices=[skip,ir_k4_e3x]"], "ir_k4_e3x"),
+        (["dataset.batch_size=0"], "batch_size must be >= 1, got 0"),
+    ],
+)
+def test_config_mistakes(tmp_path, overrides, message):
+    proc = run_entry("train.py", *FAST, *overrides, f"hydra.run.dir={tmp_path}")
+    # Hydra's own errors (unknown keys/options) exit with 1, ours with 2; none prints a traceback.
+    assert proc.returncode in (1, 2) and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_an_unknown_option_lists_the_valid_ones(tmp_path):
+    proc = run_entry("train.py", "search_space=fairnas_huge", f"hydra.run.dir={tmp_path}")
+    assert "fairnas_mini" in proc.stderr and "fairnas_imagenet" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["train.py", "search.py", "study.py"])
+def test_an_unwritable_output_directory(tmp_path, script):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    extra = ["ckpt_path=x"] if script != "study.py" else []
+    proc = run_entry(script, *ARGS[script], *extra, f"hydra.run.dir={blocker}/run")
+    assert_clean_failure(proc, f"cannot write the output directory {blocker}/run (Not a directory)")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_an_unwritable_sweep_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_entry("train.py", "-m", *FAST, "seed=0,1", f"hydra.sweep.dir={blocker}/sweep")
+    assert_clean_failure(proc, "choose another with hydra.sweep.dir=<dir>")
+
+
+def test_corrupt_dataset_files(tmp_path):
+    data = tmp_path / "fashion"
+    data.mkdir()
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (data / name).write_bytes(b"\x00\x00\x08\x03 truncated")
+    proc = run_entry(
+        "train.py", "dataset=fashion_mnist", f"dataset.data_dir={data}", "dataset.download=false",
+        "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert_clean_failure(proc, "truncated header")
+
+
+def _checkpoint_variants(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(100)}, "fairnas": {}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "epoch": 3}, foreign)
+    return {"truncated": (truncated, "truncated, corrupt"), "foreign": (foreign, "not a fairnas checkpoint")}
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "foreign"])
+@pytest.mark.parametrize("script", ["train.py", "search.py"])
+def test_truncated_and_foreign_checkpoints(tmp_path, script, kind):
+    path, message = _checkpoint_variants(tmp_path)[kind]
+    before = path.read_bytes()
+    proc = run_entry(script, *ARGS[script], f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_clean_failure(proc, message)
+    assert path.read_bytes() == before  # the file is left as it was
+
+
+@pytest.mark.parametrize("script", ["train.py", "search.py"])
+def test_a_malicious_checkpoint_never_runs_code(tmp_path, script):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": _Evil(marker), "fairnas": {}}, f)
+    proc = run_entry(script, *ARGS[script], f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_clean_failure(proc, "CheckpointError")
+    assert not marker.exists()
+
+
+def test_search_without_a_checkpoint_says_what_to_pass(tmp_path):
+    proc = run_entry("search.py", f"hydra.run.dir={tmp_path}")
+    assert_clean_failure(proc, "ckpt_path")
+    proc = run_entry("search.py", f"ckpt_path={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}")
+    assert_clean_failure(proc, "does not exist")
