@@ -43,9 +43,11 @@ def tiny() -> SearchSpace:
     return tiny_space()
 
 
-def run_entry(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_entry(
+    script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Runs ``python <script> overrides...`` like a user would, returns the finished process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / script), *overrides],
         cwd=cwd,

@@ -222,3 +222,39 @@ def test_search_py_refuses_a_standalone_checkpoint(tmp_path):
     proc = run_entry("search.py", f"ckpt_path={run}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path / 's'}")
     assert proc.returncode == 2 and "holds a stand-alone network" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_search_killed_mid_way_resumes_without_evaluating_anything_twice(supernet_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    out = tmp_path / "search"
+    args = [f"ckpt_path={supernet_run / 'checkpoints' / 'last.ckpt'}", "strategy=random", "strategy.num_samples=40",
+            "strategy.batch_size=1", "evaluator.bn_batches=1", f"hydra.run.dir={out}"]  # fmt: skip
+    cache = out / "evaluations.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "search.py"), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if cache.exists() and len(cache.read_text().splitlines()) >= 1 + 5:  # header + 5 results
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the search ended before it could be killed"
+    before = [json.loads(line)["arch"] for line in cache.read_text().splitlines()[1:] if line.endswith("}")]
+    assert 5 <= len(before) < 40
+    done = run_entry("search.py", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    lines = [json.loads(line) for line in cache.read_text().splitlines()[1:] if line.strip()]
+    archs = [r["arch"] for r in lines]
+    assert len(archs) == len(set(archs))  # nothing evaluated twice
+    assert archs[: len(before)] == before  # the records written before the kill are intact
+    assert results["num_evaluated"] == 40 and results["new_evaluations"] == len(archs) - len(before)

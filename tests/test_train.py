@@ -212,6 +212,19 @@ def test_every_logger_gets_the_block_usage_telemetry(tmp_path):
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
+def test_no_api_key_is_written_to_logs_configs_or_results(tmp_path):
+    secret = "fairnas-test-secret-4f1c9e0b7a2d"  # a W&B key in the environment, as a user would set it
+    proc = run_entry(
+        "train.py", "logger=many", "dataset=synthetic", "dataset.batch_size=64", "trainer.max_steps=2",
+        "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path}", env={"WANDB_API_KEY": secret},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 10  # logs, configs, results, checkpoints, W&B and TensorBoard files
+    assert not [p for p in files if secret.encode() in p.read_bytes()]
+    assert secret not in proc.stdout + proc.stderr
+
+
 def test_a_diverging_run_stops_with_the_last_good_state_saved(tmp_path):
     proc = run_entry(
         "train.py", "dataset=synthetic", "dataset.batch_size=64", "optimizer.lr=1e30", "trainer.max_steps=6",
