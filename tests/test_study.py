@@ -13,6 +13,7 @@ from scipy import stats
 
 from fairnas.config_error import ConfigError
 from fairnas.study import Job, JobFailed, RankingStudy, run_jobs
+from fairnas.study.ranking import predicted_ceiling
 
 # A stand-in for train.py: writes results.json into hydra.run.dir, or fails when asked to.
 FAKE_TRAIN = """
@@ -149,3 +150,15 @@ def test_a_report_before_the_runs_is_one_clear_error(tmp_path: Path):
     assert done.returncode == 2
     assert "stand-alone runs are not finished" in done.stderr and "run the ground_truth stage first" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_predicted_ceiling_matches_simulated_seed_halves():
+    # True accuracies with spread 1 plus seed noise 1: two means of 2 seeds correlate with r = 2/3.
+    rng = np.random.default_rng(0)
+    accs = rng.normal(size=(3000, 1)) + rng.normal(size=(3000, 4))
+    predicted = predicted_ceiling(accs)
+    assert predicted["signal_std"] == pytest.approx(1.0, abs=0.06)
+    assert predicted["predicted_tau"]["2_vs_2_seeds"] == pytest.approx(2 / np.pi * np.arcsin(2 / 3), abs=0.03)
+    simulated = stats.kendalltau(accs[:, :2].mean(axis=1), accs[:, 2:].mean(axis=1)).statistic
+    assert predicted["predicted_tau"]["2_vs_2_seeds"] == pytest.approx(simulated, abs=0.03)
+    assert predicted["predicted_tau"]["1_vs_1_seeds"] < predicted["predicted_tau"]["4_vs_4_seeds"]

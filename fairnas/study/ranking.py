@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,7 @@ class RankingStudy:
         for key, fn in (("kendall_tau", kendall_tau), ("spearman_rho", spearman_rho), ("pearson_r", pearson_r)):
             estimate, low, high = bootstrap_ci(fn, a, b, n_boot=self.bootstrap, seed=self.bootstrap_seed)
             result.update({key: estimate, f"{key}_low": low, f"{key}_high": high})
+        result.update(predicted_ceiling(accs))
         write_json_atomic(self.dir / "ceiling.json", result)
         log.info(
             "ceiling (seeds %s vs %s, n=%d): tau %.3f [%.3f, %.3f]; accuracy %.2f-%.2f%%, std across archs %.2f pp, "
@@ -365,6 +367,29 @@ class RankingStudy:
         counts = run_jobs(jobs, commands_file=self.dir / "commands.sh", **self._run)
         log.info("%d runs: %d already finished, %d run now", len(jobs), counts["skipped"], counts["ran"])
         return counts
+
+
+def predicted_ceiling(accs: np.ndarray) -> dict[str, Any]:
+    """What the seed-to-seed tau should be for more seeds, from the variance components of ``accs`` (archs x seeds).
+
+    Each run's accuracy is taken as the architecture's true accuracy (spread ``signal_std``
+    across architectures) plus independent seed noise (``seed_std``). Two means of k seeds then
+    correlate with r_k = s^2 / (s^2 + sigma^2 / k), and for normal data Kendall's tau is
+    2/pi * asin(r_k) (Greiner's relation). Cheap to estimate on few architectures, so it tells
+    how many seeds a design needs before the full ground truth is paid for.
+    """
+    k_total = accs.shape[1]
+    noise = float(np.mean(accs.var(axis=1, ddof=1)))
+    signal = max(float(accs.mean(axis=1).var(ddof=1)) - noise / k_total, 0.0)
+
+    def tau(k: int) -> float:
+        r = signal / (signal + noise / k) if signal + noise > 0 else math.nan
+        return float(2.0 / math.pi * math.asin(r))
+
+    return {
+        "signal_std": math.sqrt(signal),
+        "predicted_tau": {f"{k}_vs_{k}_seeds": tau(k) for k in (1, 2, 3, 4, 6)},
+    }
 
 
 class GroundTruth:
