@@ -162,3 +162,21 @@ def test_the_predicted_ceiling_matches_simulated_seed_halves():
     simulated = stats.kendalltau(accs[:, :2].mean(axis=1), accs[:, 2:].mean(axis=1)).statistic
     assert predicted["predicted_tau"]["2_vs_2_seeds"] == pytest.approx(simulated, abs=0.03)
     assert predicted["predicted_tau"]["1_vs_1_seeds"] < predicted["predicted_tau"]["4_vs_4_seeds"]
+
+
+def test_a_probe_trains_and_scores_a_spread_subset_first(tmp_path: Path):
+    space = load_space("fairnas_mini")
+    full = RankingStudy(str(tmp_path), space, "fairnas_mini", sample_size=12, bootstrap=50)
+    probe = RankingStudy(str(tmp_path), space, "fairnas_mini", sample_size=12, bootstrap=50, probe=4)
+    subset = probe._ground_truth_order()
+    assert subset == full._ground_truth_order()[:4]  # the probe's runs count toward the full ground truth
+    for arch in subset:
+        for seed in probe.seeds:
+            run = probe.standalone_dir(arch, seed)
+            run.mkdir(parents=True)
+            (run / "results.json").write_text(json.dumps({"val/acc": 0.5 + seed / 10, "madds": 1, "params": 2}))
+    assert probe.ceiling()["n"] == 4
+    with pytest.raises(ConfigError, match="not finished"):
+        full.ceiling()
+    with pytest.raises(ConfigError, match="probe is set"):
+        probe.report()

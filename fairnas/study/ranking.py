@@ -62,6 +62,9 @@ class RankingStudy:
         bootstrap: Bootstrap replicates of every interval.
         bootstrap_seed: Seed of the bootstrap resampling.
         top_k: The k of the top-k precisions.
+        probe: Train and score only the first ``probe`` architectures of the ground truth's seeded
+            order (a spread subset): a cheap ceiling measurement for choosing the design
+            (epochs, seeds) before the whole ground truth is paid for. The report needs ``null``.
         parallel: Runs at a time.
         threads_per_job: CPU threads of each run (``OMP_NUM_THREADS``; null leaves it to torch).
         python: Interpreter of the runs (default: this one).
@@ -88,6 +91,7 @@ class RankingStudy:
         bootstrap: int = 2000,
         bootstrap_seed: int = 0,
         top_k: Sequence[int] = (5, 10),
+        probe: int | None = None,
         parallel: int = 1,
         threads_per_job: int | None = None,
         python: str | None = None,
@@ -110,6 +114,9 @@ class RankingStudy:
         self.similarity_batches = int(similarity_batches)
         self.bootstrap, self.bootstrap_seed = int(bootstrap), int(bootstrap_seed)
         self.top_k = [int(k) for k in top_k]
+        if probe is not None and int(probe) < 2:
+            raise ConfigError(f"probe: a ceiling needs at least 2 architectures, got {probe}")
+        self.probe = None if probe is None else int(probe)
         self._archs: list[str] | None = None
         self._run = {"parallel": int(parallel), "threads_per_job": threads_per_job, "python": python, "root": root}
 
@@ -160,8 +167,6 @@ class RankingStudy:
         Architectures run in a seeded random order (both seeds of one after the other), so the
         finished part of an interrupted stage is a spread sample whose ceiling can already be read.
         """
-        archs = self.sample()
-        order = np.random.default_rng(self.sample_seed).permutation(len(archs))
         jobs = [
             Job(
                 "train.py",
@@ -169,7 +174,7 @@ class RankingStudy:
                 (*self._train_base(), *self.standalone_overrides, f"arch={arch}", f"seed={seed}"),
                 resumable=True,
             )
-            for arch in (archs[i] for i in order)
+            for arch in self._ground_truth_order()
             for seed in self.seeds
         ]
         return self._jobs(jobs)
@@ -248,6 +253,8 @@ class RankingStudy:
 
     def report(self) -> dict[str, Any]:
         """Scores every supernet and the cost proxies against the ground truth; writes ``report/``."""
+        if self.probe is not None:
+            raise ConfigError("study.probe is set: the report needs the whole ground truth (study.probe=null)")
         from fairnas.study.report import write_report
 
         truth = self.ground_truth_table()
@@ -277,7 +284,8 @@ class RankingStudy:
     # ------------------------------------------------------------------ tables
     def ground_truth_table(self) -> GroundTruth:
         """Stand-alone validation accuracy of each architecture and seed, with its costs."""
-        archs = self.sample()
+        chosen = set(self._ground_truth_order())
+        archs = [a for a in self.sample() if a in chosen]
         missing = [str(self.standalone_dir(a, s)) for a in archs for s in self.seeds if not self._done(a, s)]
         if missing:
             raise ConfigError(
@@ -293,6 +301,12 @@ class RankingStudy:
         return GroundTruth(rows, [f"seed{s}" for s in self.seeds])
 
     # ------------------------------------------------------------------ helpers
+    def _ground_truth_order(self) -> list[str]:
+        """The architectures in the seeded order the ground truth trains them; the first ``probe`` with a probe."""
+        archs = self.sample()
+        order = [archs[i] for i in np.random.default_rng(self.sample_seed).permutation(len(archs))]
+        return order if self.probe is None else order[: self.probe]
+
     def _checkpoint(self, name: str) -> Path:
         run = self.supernet_dir(name)
         if not (run / "results.json").is_file():

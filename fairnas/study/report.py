@@ -174,6 +174,13 @@ def _markdown(
         f"{low:.2f}-{high:.2f}% (std across architectures {100 * ceiling['acc_std_across_archs']:.2f} pp, "
         f"seed-to-seed std of one architecture {100 * ceiling['seed_std']:.2f} pp).",
         "",
+        "Seed-to-seed tau predicted from these variance components for means of k seeds: "
+        + ", ".join(
+            f"{k.replace('_vs_', ' vs ').replace('_seeds', '')}: {v:.2f}"
+            for k, v in ceiling.get("predicted_tau", {}).items()
+        )  # fmt: skip
+        + ".",
+        "",
         "## Rank correlation with the ground truth (95% bootstrap intervals)",
         "",
         markdown_table(rows),
