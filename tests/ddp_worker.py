@@ -1,6 +1,6 @@
 """Trains a tiny supernet for a few float64 steps with 2-process CPU DDP (launched by Lightning).
 
-Usage: python tests/ddp_worker.py OUT_FILE [same|diverge]. Rank 0 writes the initial and final
+Usage: [STEP_MODE=fused] python tests/ddp_worker.py OUT_FILE [same|diverge]. Rank 0 writes the initial and final
 parameters and the number of gradient all-reduce rounds to OUT_FILE. With ``diverge`` each rank
 seeds its sampler differently, which the system must refuse.
 """
@@ -59,6 +59,7 @@ def main() -> None:
         StrictFairSampler(space.num_layers, space.num_choices, seed=seed),
         optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),
         val_archs=1,
+        step_mode=os.environ.get("STEP_MODE", "per_path"),
     )
     trainer = pl.Trainer(
         accelerator="cpu",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -15,10 +16,11 @@ from fairnas.models import Supernet
 from fairnas.samplers import StrictFairSampler
 
 
-def _launch(tmp_path, mode: str) -> subprocess.CompletedProcess:
+def _launch(tmp_path, mode: str, step_mode: str = "per_path") -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "out.pt"), mode],
         cwd=tmp_path,
+        env={**os.environ, "STEP_MODE": step_mode},
         capture_output=True,
         text=True,
         timeout=240,
@@ -45,8 +47,9 @@ def reference(init: dict, world: int) -> dict:
     return net.state_dict()
 
 
-def test_ddp_two_processes_equal_single_process_reference(tmp_path):
-    proc = _launch(tmp_path, "same")
+@pytest.mark.parametrize("step_mode", ["per_path", "fused"])
+def test_ddp_two_processes_equal_single_process_reference(tmp_path, step_mode):
+    proc = _launch(tmp_path, "same", step_mode)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert out["world_size"] == 2

@@ -62,9 +62,10 @@ def path_grads(net, arch, x, y):
     return {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in net.named_parameters()}
 
 
+@pytest.mark.parametrize("mode", ["per_path", "fused"])
 @pytest.mark.parametrize(("reduction", "split", "batch"), [("sum", False, 12), ("mean", False, 12), ("sum", True, 10)])
-def test_fair_step_gradient_is_the_sum_of_the_m_path_gradients(reduction, split, batch):
-    system = make(grad_reduction=reduction, split_batch=split)
+def test_fair_step_gradient_is_the_sum_of_the_m_path_gradients(reduction, split, batch, mode):
+    system = make(grad_reduction=reduction, split_batch=split, step_mode=mode)
     initial = copy.deepcopy(system.supernet)
     x, y = data(batch).tensors
     fit(system, DataLoader(TensorDataset(x, y), batch_size=batch), max_steps=1, limit_val_batches=0)
@@ -221,6 +222,11 @@ def test_a_nonfinite_update_is_skipped_and_counted_under_the_skip_policy():
 def test_nonfinite_policy_is_validated():
     with pytest.raises(ValueError, match="system.nonfinite must be one of"):
         make(nonfinite="ignore")
+
+
+def test_step_mode_is_validated():
+    with pytest.raises(ValueError, match=r"system.step_mode must be one of \('per_path', 'fused'\)"):
+        make(step_mode="fast")
 
 
 def test_a_skipped_update_leaves_the_bn_statistics_as_they_were():
