@@ -8,12 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fairnas.models import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One intra-op thread per process: make test runs files in parallel (pytest-xdist), and torch's
+# OpenMP threads spin-wait badly when more of them than cores compete. Child processes inherit it.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def load_space(name: str) -> SearchSpace:
