@@ -179,13 +179,13 @@ class RankingStudy:
         ]
         return self._jobs(jobs)
 
-    def ceiling(self) -> dict[str, Any]:
+    def ceiling(self, table: GroundTruth | None = None) -> dict[str, Any]:
         """How well the ground truth ranks itself: the first half of the seeds against the second.
 
         With seeds {0, 1} this is the tau between seed 0 and seed 1. A supernet cannot be shown
         to rank better than this, so the study's design is judged by it before supernets are trained.
         """
-        table = self.ground_truth_table()
+        table = table if table is not None else self.ground_truth_table()
         if len(self.seeds) < 2:
             raise ConfigError("the ceiling needs at least two seeds per architecture (seeds=[0,1])")
         half = len(self.seeds) // 2
@@ -258,7 +258,7 @@ class RankingStudy:
         from fairnas.study.report import write_report
 
         truth = self.ground_truth_table()
-        ceiling = self.ceiling()
+        ceiling = self.ceiling(truth)  # the table just read, not a second pass over the run files
         archs = list(truth["arch"])
         oneshot = {name: self._oneshot_accuracies(name, "sample", archs) for name in self.supernet_runs}
         histograms = {

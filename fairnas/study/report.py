@@ -63,10 +63,6 @@ def plot_histograms(histograms: Mapping[str, Sequence[float]], path: Path) -> Pa
     return path
 
 
-def _fmt(value: float, digits: int = 3) -> str:
-    return "nan" if not math.isfinite(value) else f"{value:+.{digits}f}"
-
-
 def write_report(
     out_dir: Path,
     *,

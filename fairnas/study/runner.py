@@ -59,7 +59,7 @@ class Job:
         return [python, str(root / self.script), *overrides, f"hydra.run.dir={self.run_dir}"]
 
 
-def _quote(argv: Sequence[str], root: Path) -> str:
+def _quote(argv: Sequence[str]) -> str:
     shown = [Path(argv[1]).name if i == 1 else a for i, a in enumerate(argv)]
     shown[0] = "python"
     return " ".join(shlex.quote(a) for a in shown)
@@ -96,7 +96,7 @@ def run_jobs(
         env.update(OMP_NUM_THREADS=str(threads_per_job), MKL_NUM_THREADS=str(threads_per_job))
     if commands_file is not None and todo:
         with open(commands_file, "a") as f:
-            f.writelines(f"{_quote(job.argv(python, root), root)}\n" for job in todo)
+            f.writelines(f"{_quote(job.argv(python, root))}\n" for job in todo)
     failures: list[str] = []
 
     def run(index_job: tuple[int, Job]) -> None:
@@ -104,7 +104,7 @@ def run_jobs(
         job.run_dir.mkdir(parents=True, exist_ok=True)
         argv = job.argv(python, root)
         start = time.time()
-        log.info("[%d/%d] %s", index + 1, len(todo), _quote(argv, root))
+        log.info("[%d/%d] %s", index + 1, len(todo), _quote(argv))
         with open(job.run_dir / "console.log", "a") as console:
             code = subprocess.call(argv, cwd=root, env=env, stdout=console, stderr=subprocess.STDOUT)
         elapsed = time.time() - start
