@@ -76,7 +76,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         log.info("resuming: %d architectures already evaluated in %s", len(cache), cache.path)
     evaluator = SupernetEvaluator(
         supernet, calibration, validation, cost_model, cache, latency=ev.latency, latency_repeats=ev.latency_repeats,
-        input_size=datamodule.image_size,
+        input_size=datamodule.image_size, memory_format=ev.memory_format,
     )  # fmt: skip
     strategy = instantiate(cfg.strategy)
     log.info("searching %s (%d layers x %d choices) with %r", space.name, space.num_layers, space.num_choices, strategy)

@@ -239,3 +239,31 @@ def test_a_skipped_update_leaves_the_bn_statistics_as_they_were():
     for a, b in zip(before, get_stats(bn_layers([system.supernet]))):
         for u, v in zip(a, b):
             assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("system_class", ["supernet", "standalone"])
+def test_channels_last_trains_to_the_same_weights_as_contiguous(system_class):
+    # The layout is a speed option only: in float64 both layouts reach the same weights, and the
+    # weights and batches really are in the layout asked for.
+    trained, seen = {}, {}
+    for fmt in ("contiguous", "channels_last"):
+        if system_class == "supernet":
+            system = make(lr=0.1, memory_format=fmt)
+            net = system.supernet
+        else:
+            torch.manual_seed(0)
+            net = build_child(tiny_space(), (1, 1, 0)).double()
+            system = StandaloneSystem(net, optimizer=partial(torch.optim.SGD, lr=0.1), memory_format=fmt)
+        conv = next(p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1)
+        seen[fmt] = conv.is_contiguous(memory_format=torch.channels_last)
+        x, _ = system._inputs(data(4).tensors)
+        assert x.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
+        fit(system, DataLoader(data(16), batch_size=8), max_epochs=1, limit_val_batches=0)
+        trained[fmt] = {n: p.detach().contiguous() for n, p in net.named_parameters()}
+    assert seen == {"contiguous": False, "channels_last": True}
+    torch.testing.assert_close(trained["channels_last"], trained["contiguous"], rtol=1e-9, atol=1e-12)
+
+
+def test_an_unknown_memory_format_is_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match=r"memory_format must be one of \['channels_last', 'contiguous'\], got 'nhwc'"):
+        make(memory_format="nhwc")

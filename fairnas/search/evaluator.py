@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from fairnas.config_error import ConfigError
-from fairnas.models import CostModel, SearchSpace, Supernet
+from fairnas.models import CostModel, SearchSpace, Supernet, layout
 from fairnas.models.bn import bn_layers, preserved_stats, recalibrate
 from fairnas.search.cache import ResultCache
 
@@ -72,6 +72,8 @@ class SupernetEvaluator:
             exported network on ``device``).
         latency_repeats: Timed forwards per architecture (after 3 warm-up runs).
         input_size: Resolution of the latency input (default: the space's nominal one).
+        memory_format: Layout of the supernet and the batches: ``channels_last`` (default; faster
+            on CPU, see :mod:`fairnas.models.layout`) or ``contiguous``.
     """
 
     def __init__(
@@ -84,10 +86,12 @@ class SupernetEvaluator:
         latency: bool = False,
         latency_repeats: int = 30,
         input_size: int | None = None,
+        memory_format: str = "channels_last",
     ) -> None:
         if len(validation) == 0:
             raise ConfigError("the validation split is empty: nothing to evaluate architectures on (dataset.val_size)")
-        self.supernet = supernet.eval()
+        self.memory_format = memory_format
+        self.supernet = layout.to_layout(supernet, memory_format).eval()
         self.space: SearchSpace = supernet.space
         self.calibration = calibration
         self.validation = validation
@@ -144,12 +148,12 @@ class SupernetEvaluator:
         arch = tuple(int(c) for c in arch)
         layers = bn_layers(self.supernet.path_modules(arch))
         with preserved_stats(layers):
-            recalibrate(lambda x: self.supernet(x, arch), layers, (x.to(self.dtype) for x, _ in self.calibration))
+            recalibrate(lambda x: self.supernet(x, arch), layers, (self._batch(x) for x, _ in self.calibration))
             correct1 = correct5 = total = 0
             loss = 0.0
             top5 = self.num_classes > 5
             for x, y in self.validation:
-                logits = self.supernet(x.to(self.dtype), arch)
+                logits = self.supernet(self._batch(x), arch)
                 loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
                 if top5:
                     best = logits.topk(5, dim=1).indices
@@ -164,12 +168,15 @@ class SupernetEvaluator:
             out["acc5"] = correct5 / total
         return out
 
+    def _batch(self, x: Tensor) -> Tensor:
+        return layout.as_layout(x.to(self.dtype), self.memory_format)
+
     @torch.no_grad()
     def measure_latency(self, arch: Sequence[int]) -> float:
         """Median wall time (ms) of a batch-1 forward of the exported network on this device."""
         net = self.supernet.export(arch).eval()
         size = self.input_size
-        x = torch.randn(1, self.supernet.in_channels, size, size, device=self.device, dtype=self.dtype)
+        x = self._batch(torch.randn(1, self.supernet.in_channels, size, size, device=self.device, dtype=self.dtype))
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         for _ in range(3):
             net(x)

@@ -27,6 +27,7 @@ from fairnas.config_error import ConfigError
 from fairnas.data.base import derive_seed
 from fairnas.models import ChildNet, Supernet
 from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
+from fairnas.models import layout
 from fairnas.samplers import PathSampler
 from fairnas.system.optim import param_groups
 
@@ -61,9 +62,12 @@ class _ClassifierSystem(pl.LightningModule):
         metadata: dict[str, Any] | None = None,
         nonfinite: str = "stop",
         seed: int = 0,
+        memory_format: str = "channels_last",
     ) -> None:
         super().__init__()
         self.seed = int(seed)
+        layout.memory_format(memory_format)  # a bad name fails here, before any training
+        self.memory_format = memory_format
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"system.nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.nonfinite = nonfinite
@@ -161,7 +165,7 @@ class _ClassifierSystem(pl.LightningModule):
     def _inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         x, y = batch
         # Follows the module's dtype, so trainer.precision=64 runs fully in float64.
-        return x.to(self.dtype), y
+        return layout.as_layout(x.to(self.dtype), self.memory_format), y
 
     def on_validation_end(self) -> None:
         if not self.trainer.sanity_checking:
@@ -198,6 +202,8 @@ class SupernetSystem(_ClassifierSystem):
         nonfinite: What a NaN/inf gradient does: ``stop`` (save ``checkpoints/last_good.ckpt`` and
             end with an error) or ``skip`` (drop that update, count it, warn).
         seed: Seeds torch's global generator (dropout) at every step, from (seed, step).
+        memory_format: Layout of weights and input batches: ``channels_last`` (default, 1.3x to
+            2.2x faster steps on CPU, see :mod:`fairnas.models.layout`) or ``contiguous`` (NCHW).
         weight_decay_bn_bias: Apply weight decay to BN parameters and biases too.
         grad_reduction: ``sum`` (default) or ``mean`` of the gradients of a group's paths.
         split_batch: Give each path of a group its own chunk of the batch instead of the whole batch.
@@ -236,10 +242,12 @@ class SupernetSystem(_ClassifierSystem):
         metadata: dict[str, Any] | None = None,
         nonfinite: str = "stop",
         seed: int = 0,
+        memory_format: str = "channels_last",
     ) -> None:
         super().__init__(
-            optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite, seed
-        )
+            optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite, seed,
+            memory_format,
+        )  # fmt: skip
         if grad_reduction not in ("sum", "mean"):
             raise ConfigError(f"grad_reduction must be 'sum' or 'mean', got {grad_reduction!r}")
         if step_mode not in STEP_MODES:
@@ -251,7 +259,7 @@ class SupernetSystem(_ClassifierSystem):
                 f"{supernet.space.name!r} has {supernet.space.num_layers} x {supernet.space.num_choices}"
             )
         self.save_hyperparameters(ignore=["supernet", "sampler", "optimizer", "scheduler", "metadata"])
-        self.supernet = supernet
+        self.supernet = layout.to_layout(supernet, memory_format)
         self.sampler = sampler
         self.grad_reduction = grad_reduction
         self.split_batch = split_batch
@@ -372,7 +380,7 @@ class SupernetSystem(_ClassifierSystem):
         for i, batch in enumerate(loader):
             if i == self.val_bn_batches:
                 break
-            yield batch[0].to(self.device, self.dtype)
+            yield layout.as_layout(batch[0].to(self.device, self.dtype), self.memory_format)
 
     def _calibrate_val_archs(self) -> None:
         """Per validation architecture: BN statistics re-estimated on the same calibration batches."""
@@ -435,8 +443,8 @@ class StandaloneSystem(_ClassifierSystem):
 
     Args:
         net: The stand-alone network (see :func:`fairnas.models.build_child`).
-        optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata: as in
-            :class:`SupernetSystem`.
+        optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite,
+            seed, memory_format: as in :class:`SupernetSystem`.
     """
 
     def __init__(
@@ -450,12 +458,14 @@ class StandaloneSystem(_ClassifierSystem):
         metadata: dict[str, Any] | None = None,
         nonfinite: str = "stop",
         seed: int = 0,
+        memory_format: str = "channels_last",
     ) -> None:
         super().__init__(
-            optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite, seed
-        )
+            optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite, seed,
+            memory_format,
+        )  # fmt: skip
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "metadata"])
-        self.net = net
+        self.net = layout.to_layout(net, memory_format)
         num_classes = net.head.classifier.out_features
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
