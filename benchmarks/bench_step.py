@@ -13,33 +13,21 @@ inside a Lightning Trainer (SupernetSystem, logging included), as median seconds
 Target: sf / floor at most 1.05 on CPU for fairnas_mini and fairnas_cifar.
 
     .venv/bin/python benchmarks/bench_step.py [--reps 15] [--threads 2] [--spaces fairnas_mini fairnas_cifar]
+        [--memory-format channels_last|contiguous] [--no-lightning]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from common import BATCH, load_space, setup, sgd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fairnas.models import Supernet  # noqa: E402
-from fairnas.samplers import StrictFairSampler  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-BATCH = {"fairnas_mini": 128, "fairnas_cifar": 64}
-
-
-def sgd(params):
-    return torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-5)
+from fairnas.models import Supernet
+from fairnas.samplers import StrictFairSampler
 
 
 def timed(fn) -> float:
@@ -48,36 +36,16 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, reps: int) -> tuple:
+def measure(name: str, reps: int, memory_format: str) -> tuple:
     """Median times of floor, per_path and fused, and the median per-repetition ratios, for one space."""
-    space = instantiate(OmegaConf.load(ROOT / "conf" / "search_space" / f"{name}.yaml"))
-    supernet = Supernet(space, seed=0)
-    paths = StrictFairSampler(space.num_layers, space.num_choices, seed=0).sample(0)[0]
-    children = [supernet.export(arch) for arch in paths]
-    sn_opt, child_opts = sgd(supernet.parameters()), [sgd(c.parameters()) for c in children]
-    g = torch.Generator().manual_seed(0)
-    b = BATCH.get(name, 64)
-    x = torch.randn(b, space.in_channels, space.input_size, space.input_size, generator=g)
-    y = torch.randint(0, space.num_classes, (b,), generator=g)
+    s = setup(name, memory_format)
+    sn_opt, child_opts = sgd(s.supernet.parameters()), [sgd(c.parameters()) for c in s.children]
 
     def floor():
-        for child, opt in zip(children, child_opts):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(child(x), y).backward()
-            opt.step()
+        for child, opt in zip(s.children, child_opts, strict=True):
+            s.child_step(child, opt)
 
-    def per_path():
-        sn_opt.zero_grad(set_to_none=True)
-        for arch in paths:
-            F.cross_entropy(supernet(x, arch), y).backward()
-        sn_opt.step()
-
-    def fused():
-        sn_opt.zero_grad(set_to_none=True)
-        torch.stack([F.cross_entropy(supernet(x, arch), y) for arch in paths]).sum().backward()
-        sn_opt.step()
-
-    fns = {"floor": floor, "per_path": per_path, "fused": fused}
+    fns = {"floor": floor, **{mode: partial(s.sf_step, sn_opt, mode) for mode in ("per_path", "fused")}}
     for fn in fns.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -87,7 +55,7 @@ def measure(name: str, reps: int) -> tuple:
             times[key].append(timed(fns[key]))
     ratio = {k: statistics.median(a / f for a, f in zip(times[k], times["floor"])) for k in ("per_path", "fused")}
     medians = [statistics.median(times[k]) for k in fns]
-    return (name, b, len(paths), *medians, ratio["per_path"], ratio["fused"])
+    return (name, len(s.y), len(s.paths), *medians, ratio["per_path"], ratio["fused"])
 
 
 def main() -> None:
@@ -95,34 +63,38 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--spaces", nargs="+", default=["fairnas_mini", "fairnas_cifar"])
+    parser.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])
+    parser.add_argument("--no-lightning", action="store_true", help="skip the steps inside a Lightning Trainer")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [measure(name, args.reps) for name in args.spaces]
-    print(f"\nthreads={args.threads}, reps={args.reps}, torch {torch.__version__}")
+    rows = [measure(name, args.reps, args.memory_format) for name in args.spaces]
+    print(f"\nthreads={args.threads}, reps={args.reps}, memory_format={args.memory_format}, torch {torch.__version__}")
     print("| space | batch | m | floor (s) | sf per_path (s) | sf fused (s) | per_path / floor | fused / floor |")
     print("|---|---|---|---|---|---|---|---|")
     for name, b, m, tf, tp, tu, rp, ru in rows:
         print(f"| {name} | {b} | {m} | {tf:.3f} | {tp:.3f} | {tu:.3f} | {rp:.3f} | {ru:.3f} |")
-    lightning_rows = [lightning_step(name, args.reps, args.threads) for name in args.spaces]
+    if args.no_lightning:
+        return
+    lightning_rows = [lightning_step(name, args.reps, args.threads, args.memory_format) for name in args.spaces]
     print("\n| space | step_mode | Lightning SF step, median (s) |\n|---|---|---|")
     for rows_ in lightning_rows:
         for name, mode, t in rows_:
             print(f"| {name} | {mode} | {t:.3f} |")
 
 
-def lightning_step(name: str, steps: int, threads: int) -> list[tuple[str, str, float]]:
+def lightning_step(name: str, steps: int, threads: int, memory_format: str) -> list[tuple[str, str, float]]:
     """Median wall time of SupernetSystem training steps inside a Trainer (logging included)."""
     torch.set_num_threads(threads)
-    return [(name, mode, _lightning_median(name, steps, mode)) for mode in ("per_path", "fused")]
+    return [(name, mode, _lightning_median(name, steps, mode, memory_format)) for mode in ("per_path", "fused")]
 
 
-def _lightning_median(name: str, steps: int, mode: str) -> float:
+def _lightning_median(name: str, steps: int, mode: str, memory_format: str) -> float:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
     from fairnas.system import SupernetSystem
 
-    space = instantiate(OmegaConf.load(ROOT / "conf" / "search_space" / f"{name}.yaml"))
+    space = load_space(name)
     b = BATCH.get(name, 64)
     g = torch.Generator().manual_seed(0)
     n = b * (steps + 3)
@@ -133,7 +105,7 @@ def _lightning_median(name: str, steps: int, mode: str) -> float:
     system = SupernetSystem(
         Supernet(space, seed=0), StrictFairSampler(space.num_layers, space.num_choices, seed=0),
         optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9, nesterov=True), grad_clip=5.0,
-        val_archs=1, val_bn_batches=0, step_mode=mode,
+        val_archs=1, val_bn_batches=0, step_mode=mode, memory_format=memory_format,
     )  # fmt: skip
     stamps: list[float] = []
 

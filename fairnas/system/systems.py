@@ -25,9 +25,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from fairnas.config_error import ConfigError
 from fairnas.data.base import derive_seed
-from fairnas.models import ChildNet, Supernet
+from fairnas.models import ChildNet, Supernet, layout
 from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
-from fairnas.models import layout
 from fairnas.samplers import PathSampler
 from fairnas.system.optim import param_groups
 
@@ -107,21 +106,32 @@ class _ClassifierSystem(pl.LightningModule):
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        # Runs inside optimizer.step(), after mixed precision has unscaled the gradients.
-        if self.grad_clip:
+        # Runs inside optimizer.step(), after fp16 mixed precision has unscaled the gradients. Without
+        # a grad scaler, _finish_update has already clipped with the norm it computed for its check.
+        if self.grad_clip and self._scaler() is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
+    def _scaler(self) -> Any:
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
     def _finish_update(self, optimizer: Any) -> bool:
-        """Steps the optimizer once (clipping first, see above) and the scheduler once.
+        """Clips the gradients, steps the optimizer once and the scheduler once.
 
         Returns False when the update was skipped because a gradient is NaN or infinite. The check
         runs on the gradients after the last backward, which DDP has already all-reduced, so every
-        rank takes the same decision without extra communication. Under fp16 mixed precision the
-        grad scaler already skips such steps itself.
+        rank takes the same decision without extra communication; the gradient norm it computes is
+        the one clipping uses (computed once per update). Under fp16 mixed precision the grad scaler
+        skips such steps itself, and clipping happens after unscaling (on_before_optimizer_step).
         """
-        if getattr(self.trainer.precision_plugin, "scaler", None) is None and not self._gradients_finite():
-            self._nonfinite_update(optimizer)
-            return False
+        if self._scaler() is None:
+            params = [p for p in self.parameters() if p.grad is not None]
+            if params:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+                if not torch.isfinite(norm):
+                    self._nonfinite_update(optimizer)
+                    return False
+                if self.grad_clip:
+                    torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
         optimizer.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -139,10 +149,6 @@ class _ClassifierSystem(pl.LightningModule):
             self._bn_backup = [b.clone() for b in self._bn_buffers]
         if self._bn_buffers:
             torch._foreach_copy_(self._bn_backup, self._bn_buffers)
-
-    def _gradients_finite(self) -> bool:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
     def _nonfinite_update(self, optimizer: Any) -> None:
         optimizer.zero_grad(set_to_none=True)
