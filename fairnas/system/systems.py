@@ -216,8 +216,8 @@ class SupernetSystem(_ClassifierSystem):
         step_mode: ``per_path`` (default): forward + backward one path at a time, so only one path's
             activations are alive (the memory of one child network). ``fused``: forward all paths
             of a group, then ONE backward of their summed losses: the same gradients, about m times
-            the activation memory, and one backward call (fewer kernel launches and, under DDP, no
-            ``no_sync`` bookkeeping).
+            the activation memory, one backward call. Measured no faster on CPU, single-process
+            or DDP (benchmarks/README.md).
         val_archs: Number K of fixed architectures whose accuracy validation reports.
         val_seed: Seed of those architectures (and of the calibration batches).
         val_bn_batches: Before validating, re-estimate each architecture's BN statistics on this
