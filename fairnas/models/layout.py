@@ -1,7 +1,7 @@
 """Memory layout of the networks' 4-D weights and activations.
 
 ``channels_last`` (NHWC) is the default: on CPU it makes a training step of the mini and CIFAR
-spaces 1.3x to 2.2x faster than NCHW at one thread (benchmarks/README.md), because oneDNN's
+spaces 1.5x to 2.1x faster than NCHW (benchmarks/README.md, section 6), because oneDNN's
 depthwise and 1x1 convolutions run natively in NHWC. On CUDA it is what tensor-core convolutions
 want under bf16/fp16. ``contiguous`` (NCHW) gives PyTorch's default kernels. The two give the same
 results up to float rounding (about 1e-6 in a forward pass).

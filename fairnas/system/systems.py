@@ -208,8 +208,8 @@ class SupernetSystem(_ClassifierSystem):
         nonfinite: What a NaN/inf gradient does: ``stop`` (save ``checkpoints/last_good.ckpt`` and
             end with an error) or ``skip`` (drop that update, count it, warn).
         seed: Seeds torch's global generator (dropout) at every step, from (seed, step).
-        memory_format: Layout of weights and input batches: ``channels_last`` (default, 1.3x to
-            2.2x faster steps on CPU, see :mod:`fairnas.models.layout`) or ``contiguous`` (NCHW).
+        memory_format: Layout of weights and input batches: ``channels_last`` (default, 1.5x to
+            2.1x faster steps on CPU, see :mod:`fairnas.models.layout`) or ``contiguous`` (NCHW).
         weight_decay_bn_bias: Apply weight decay to BN parameters and biases too.
         grad_reduction: ``sum`` (default) or ``mean`` of the gradients of a group's paths.
         split_batch: Give each path of a group its own chunk of the batch instead of the whole batch.
