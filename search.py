@@ -69,7 +69,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         "bn_batches": ev.bn_batches,
         "calibration_seed": ev.calibration_seed,
         "val_batches": ev.val_batches,
-        "latency": [device.type, ev.latency_repeats] if ev.latency else None,
+        "latency": [device.type, ev.latency_repeats, ev.memory_format] if ev.latency else None,
     }
     cache = ResultCache(out_dir / "evaluations.jsonl", fingerprint)
     if len(cache):

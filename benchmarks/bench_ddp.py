@@ -14,6 +14,7 @@ all rounds (3 warm-up steps of each fit dropped) and their ratio.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -53,7 +54,7 @@ class Clock(pl.Callback):
 
 
 def fit(space_name: str, mode: str, steps: int, devices: int, threads: int, path: Path) -> None:
-    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the spawned workers' torch threads (Lightning reads it)
     space = load_space(space_name)
     b = BATCH.get(space_name, 64)
     g = torch.Generator().manual_seed(0)

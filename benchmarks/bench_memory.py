@@ -28,11 +28,13 @@ from pathlib import Path
 
 import torch
 from common import setup, sgd
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, _memory_profiler, profile
 
 # Column order of the profiler's memory timeline: torch/profiler/_memory_profiler.py
-# (_CATEGORY_TO_INDEX, shifted by one). Checked against the installed torch below.
+# (_CATEGORY_TO_INDEX, shifted by one), checked against the installed torch on import.
 COLUMNS = ["parameter", "optimizer_state", "input", "temporary", "activation", "gradient", "autograd_detail", "other"]
+if [c.name.lower() if c else "other" for c in _memory_profiler._CATEGORY_TO_INDEX] != COLUMNS:
+    raise ImportError("this torch labels the memory timeline differently: update COLUMNS in bench_memory.py")
 PERSISTENT = ("parameter", "gradient", "optimizer_state")
 MB = 2**20
 
@@ -69,10 +71,6 @@ def measure(name: str, memory_format: str) -> list[tuple]:
 
 
 def main() -> None:
-    from torch.profiler import _memory_profiler
-
-    if [c.name.lower() if c else "other" for c in _memory_profiler._CATEGORY_TO_INDEX] != COLUMNS:
-        raise SystemExit("this torch labels the memory timeline differently: update COLUMNS")
     parser = argparse.ArgumentParser()
     parser.add_argument("--spaces", nargs="+", default=["fairnas_mini", "fairnas_cifar"])
     parser.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])

@@ -57,13 +57,13 @@ class Setup:
         opt.step()
 
 
-def setup(name: str, memory_format: str = "channels_last", batch: int | None = None) -> Setup:
+def setup(name: str, memory_format: str = "channels_last", batch: int | None = None, device: str = "cpu") -> Setup:
     space = load_space(name)
-    supernet = layout.to_layout(Supernet(space, seed=0), memory_format)
+    supernet = layout.to_layout(Supernet(space, seed=0).to(device), memory_format)
     paths = StrictFairSampler(space.num_layers, space.num_choices, seed=0).sample(0)[0]
     children = [layout.to_layout(supernet.export(arch), memory_format) for arch in paths]
     g = torch.Generator().manual_seed(0)
     b = batch or BATCH.get(name, 64)
     x = torch.randn(b, space.in_channels, space.input_size, space.input_size, generator=g)
     y = torch.randint(0, space.num_classes, (b,), generator=g)
-    return Setup(name, supernet, paths, children, layout.as_layout(x, memory_format), y)
+    return Setup(name, supernet, paths, children, layout.as_layout(x.to(device), memory_format), y.to(device))

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from conftest import tiny_space
+from pytorch_lightning.plugins import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
 from fairnas.data import SyntheticDataModule
@@ -267,3 +268,26 @@ def test_channels_last_trains_to_the_same_weights_as_contiguous(system_class):
 def test_an_unknown_memory_format_is_refused_with_the_valid_ones():
     with pytest.raises(ValueError, match=r"memory_format must be one of \['channels_last', 'contiguous'\], got 'nhwc'"):
         make(memory_format="nhwc")
+
+
+def test_gradients_are_clipped_after_unscaling_under_fp16_mixed_precision():
+    # With a grad scaler the shared-norm path is off: Lightning unscales, then the hook clips once.
+    torch.manual_seed(0)
+    space = tiny_space()
+    system = SupernetSystem(
+        Supernet(space), StrictFairSampler(space.num_layers, space.num_choices, seed=0),
+        optimizer=partial(torch.optim.SGD, lr=0.0), val_archs=1, grad_clip=1e-3,
+    )  # fmt: skip
+    x, y = data(8).tensors
+    fit(system, DataLoader(TensorDataset(x.float(), y), batch_size=8), max_steps=1, limit_val_batches=0,
+        precision=None, plugins=[MixedPrecision("16-mixed", "cpu")])  # fmt: skip
+    assert system._scaler() is not None
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in system.supernet.parameters()]))
+    assert norm.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_a_negative_grad_clip_is_refused():
+    with pytest.raises(
+        ValueError, match=r"system.grad_clip must be a max gradient norm > 0 \(0 or null: off\), got -1"
+    ):
+        make(grad_clip=-1.0)

@@ -2,9 +2,12 @@
 
 ``channels_last`` (NHWC) is the default: on CPU it makes a training step of the mini and CIFAR
 spaces 1.5x to 2.1x faster than NCHW (benchmarks/README.md, section 6), because oneDNN's
-depthwise and 1x1 convolutions run natively in NHWC. On CUDA it is what tensor-core convolutions
-want under bf16/fp16. ``contiguous`` (NCHW) gives PyTorch's default kernels. The two give the same
-results up to float rounding (about 1e-6 in a forward pass).
+depthwise and 1x1 convolutions run natively in NHWC. On CUDA, NHWC is the layout cuDNN's
+tensor-core convolutions prefer under bf16/fp16, but fp32 depthwise convolutions can be slower in
+it; this project has not measured a GPU, so measure (benchmarks/bench_options.py) before a long GPU
+run. ``contiguous`` (NCHW) gives PyTorch's default kernels. The two give the same results up to
+float rounding (about 1e-6 in a forward pass), so whole float32 runs drift apart as with any
+change of kernels.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ class SupernetEvaluator:
         latency_repeats: Timed forwards per architecture (after 3 warm-up runs).
         input_size: Resolution of the latency input (default: the space's nominal one).
         memory_format: Layout of the supernet and the batches: ``channels_last`` (default; faster
-            on CPU, see :mod:`fairnas.models.layout`) or ``contiguous``.
+            on CPU, see :mod:`fairnas.models.layout`) or ``contiguous``. The supernet passed in
+            is converted in place. Latency is measured in this layout too.
     """
 
     def __init__(

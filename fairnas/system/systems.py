@@ -17,6 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -67,6 +68,8 @@ class _ClassifierSystem(pl.LightningModule):
         self.seed = int(seed)
         layout.memory_format(memory_format)  # a bad name fails here, before any training
         self.memory_format = memory_format
+        if grad_clip is not None and grad_clip < 0:
+            raise ConfigError(f"system.grad_clip must be a max gradient norm > 0 (0 or null: off), got {grad_clip}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"system.nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.nonfinite = nonfinite
@@ -106,13 +109,21 @@ class _ClassifierSystem(pl.LightningModule):
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        # Runs inside optimizer.step(), after fp16 mixed precision has unscaled the gradients. Without
-        # a grad scaler, _finish_update has already clipped with the norm it computed for its check.
-        if self.grad_clip and self._scaler() is not None:
+        # Runs inside optimizer.step(), after fp16 mixed precision has unscaled the gradients. On one
+        # device or DDP without a grad scaler, _finish_update has already clipped, with the norm it
+        # computed for its NaN check; other strategies (FSDP, DeepSpeed) clip their own way here.
+        if self.grad_clip and not self._shared_norm():
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     def _scaler(self) -> Any:
         return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def _shared_norm(self) -> bool:
+        """Whether _finish_update clips with its NaN check's norm: every rank holds the whole
+        gradient (one device or DDP, not sharded) and no grad scaler has to unscale it first."""
+        strategy = self.trainer.strategy
+        whole = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
+        return whole and not isinstance(strategy, DeepSpeedStrategy) and self._scaler() is None
 
     def _finish_update(self, optimizer: Any) -> bool:
         """Clips the gradients, steps the optimizer once and the scheduler once.
@@ -122,15 +133,18 @@ class _ClassifierSystem(pl.LightningModule):
         rank takes the same decision without extra communication; the gradient norm it computes is
         the one clipping uses (computed once per update). Under fp16 mixed precision the grad scaler
         skips such steps itself, and clipping happens after unscaling (on_before_optimizer_step).
+        The parameters are taken in the optimizer's order, as Lightning's own clipping takes them, so
+        the norm is the same to the last bit. Callbacks' ``on_before_optimizer_step`` therefore see
+        clipped gradients (except under a grad scaler).
         """
         if self._scaler() is None:
-            params = [p for p in self.parameters() if p.grad is not None]
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             if params:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in params])
                 if not torch.isfinite(norm):
                     self._nonfinite_update(optimizer)
                     return False
-                if self.grad_clip:
+                if self.grad_clip and self._shared_norm():
                     torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
         optimizer.step()
         scheduler = self.lr_schedulers()
