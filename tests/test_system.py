@@ -291,3 +291,22 @@ def test_a_negative_grad_clip_is_refused():
         ValueError, match=r"system.grad_clip must be a max gradient norm > 0 \(0 or null: off\), got -1"
     ):
         make(grad_clip=-1.0)
+
+
+def test_shared_norm_clipping_is_bit_identical_to_lightnings_clip(monkeypatch):
+    # The NaN check's norm, reused for clipping, must equal what Lightning's clip_gradients computes
+    # (the optimizer's parameter order, float32), so the optimisation is invisible in the weights.
+    x, y = data(16).tensors
+    weights = []
+    for shared in (True, False):
+        monkeypatch.setattr(SupernetSystem, "_shared_norm", lambda self, s=shared: s and self._scaler() is None)
+        torch.manual_seed(0)
+        space = tiny_space()
+        system = SupernetSystem(
+            Supernet(space), StrictFairSampler(space.num_layers, space.num_choices, seed=0),
+            optimizer=partial(torch.optim.SGD, lr=0.5, momentum=0.9), val_archs=1, grad_clip=1e-2,
+        )  # fmt: skip
+        fit(system, DataLoader(TensorDataset(x.float(), y), batch_size=8), max_steps=2, limit_val_batches=0,
+            precision="32-true")  # fmt: skip
+        weights.append({n: p.detach().clone() for n, p in system.supernet.named_parameters()})
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
