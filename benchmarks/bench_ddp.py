@@ -18,18 +18,12 @@ import os
 import statistics
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from common import BATCH, load_space
+from common import BATCH, lightning_job
 from pytorch_lightning.strategies import DDPStrategy
-from torch.utils.data import DataLoader, TensorDataset
-
-from fairnas.models import Supernet
-from fairnas.samplers import StrictFairSampler
-from fairnas.system import SupernetSystem
 
 WARMUP = 3
 
@@ -55,25 +49,13 @@ class Clock(pl.Callback):
 
 def fit(space_name: str, mode: str, steps: int, devices: int, threads: int, path: Path) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the spawned workers' torch threads (Lightning reads it)
-    space = load_space(space_name)
-    b = BATCH.get(space_name, 64)
-    g = torch.Generator().manual_seed(0)
-    n = b * devices * (steps + WARMUP)
-    data = TensorDataset(
-        torch.randn(n, space.in_channels, space.input_size, space.input_size, generator=g),
-        torch.randint(0, space.num_classes, (n,), generator=g),
-    )
-    system = SupernetSystem(
-        Supernet(space, seed=0), StrictFairSampler(space.num_layers, space.num_choices, seed=0),
-        optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9, nesterov=True), grad_clip=5.0,
-        val_archs=1, val_bn_batches=0, step_mode=mode,
-    )  # fmt: skip
+    system, loader = lightning_job(space_name, devices * (steps + WARMUP), mode)
     trainer = pl.Trainer(
         accelerator="cpu", devices=devices, strategy=DDPStrategy(find_unused_parameters=True, start_method="spawn"),
         max_steps=steps + WARMUP, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, callbacks=[Clock(mode, path)],
     )  # fmt: skip
-    trainer.fit(system, DataLoader(data, batch_size=b))
+    trainer.fit(system, loader)
 
 
 def main() -> None:

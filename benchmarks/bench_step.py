@@ -24,10 +24,7 @@ import time
 from functools import partial
 
 import torch
-from common import BATCH, load_space, setup, sgd
-
-from fairnas.models import Supernet
-from fairnas.samplers import StrictFairSampler
+from common import lightning_job, setup, sgd
 
 
 def timed(fn) -> float:
@@ -90,23 +87,8 @@ def lightning_step(name: str, steps: int, threads: int, memory_format: str) -> l
 
 def _lightning_median(name: str, steps: int, mode: str, memory_format: str) -> float:
     import pytorch_lightning as pl
-    from torch.utils.data import DataLoader, TensorDataset
 
-    from fairnas.system import SupernetSystem
-
-    space = load_space(name)
-    b = BATCH.get(name, 64)
-    g = torch.Generator().manual_seed(0)
-    n = b * (steps + 3)
-    data = TensorDataset(
-        torch.randn(n, space.in_channels, space.input_size, space.input_size, generator=g),
-        torch.randint(0, space.num_classes, (n,), generator=g),
-    )
-    system = SupernetSystem(
-        Supernet(space, seed=0), StrictFairSampler(space.num_layers, space.num_choices, seed=0),
-        optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9, nesterov=True), grad_clip=5.0,
-        val_archs=1, val_bn_batches=0, step_mode=mode, memory_format=memory_format,
-    )  # fmt: skip
+    system, loader = lightning_job(name, steps + 3, mode, memory_format)
     stamps: list[float] = []
 
     class Clock(pl.Callback):
@@ -120,7 +102,7 @@ def _lightning_median(name: str, steps: int, mode: str, memory_format: str) -> f
         accelerator="cpu", devices=1, max_steps=steps + 3, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[Clock()],
     )  # fmt: skip
-    trainer.fit(system, DataLoader(data, batch_size=b))
+    trainer.fit(system, loader)
     durations = [stamps[i + 1] - stamps[i] for i in range(0, len(stamps) - 1, 2)][3:]  # drop warm-up
     return statistics.median(durations)
 

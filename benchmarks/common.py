@@ -67,3 +67,27 @@ def setup(name: str, memory_format: str = "channels_last", batch: int | None = N
     x = torch.randn(b, space.in_channels, space.input_size, space.input_size, generator=g)
     y = torch.randint(0, space.num_classes, (b,), generator=g)
     return Setup(name, supernet, paths, children, layout.as_layout(x.to(device), memory_format), y.to(device))
+
+
+def lightning_job(name: str, batches: int, mode: str, memory_format: str = "channels_last") -> tuple:
+    """A SupernetSystem (the default recipe's SGD, clip 5) and a loader of ``batches`` random batches."""
+    from functools import partial
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fairnas.system import SupernetSystem
+
+    space = load_space(name)
+    b = BATCH.get(name, 64)
+    g = torch.Generator().manual_seed(0)
+    n = b * batches
+    data = TensorDataset(
+        torch.randn(n, space.in_channels, space.input_size, space.input_size, generator=g),
+        torch.randint(0, space.num_classes, (n,), generator=g),
+    )
+    system = SupernetSystem(
+        Supernet(space, seed=0), StrictFairSampler(space.num_layers, space.num_choices, seed=0),
+        optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9, nesterov=True), grad_clip=5.0,
+        val_archs=1, val_bn_batches=0, step_mode=mode, memory_format=memory_format,
+    )  # fmt: skip
+    return system, DataLoader(data, batch_size=b)
