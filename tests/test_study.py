@@ -13,7 +13,7 @@ from scipy import stats
 
 from fairnas.config_error import ConfigError
 from fairnas.study import Job, JobFailed, RankingStudy, run_jobs
-from fairnas.study.ranking import predicted_ceiling
+from fairnas.study.ranking import halving_taus, predicted_ceiling
 
 # A stand-in for train.py: writes results.json into hydra.run.dir, or fails when asked to.
 FAKE_TRAIN = """
@@ -95,6 +95,13 @@ def test_the_ceiling_compares_seed_halves_and_matches_scipy(tmp_path: Path):
     assert ceiling["kendall_tau_low"] <= ceiling["kendall_tau"] <= ceiling["kendall_tau_high"]
     assert ceiling["seed_std"] == pytest.approx(np.sqrt(np.mean(accs.var(axis=1, ddof=1))))
     assert json.loads((tmp_path / "ceiling.json").read_text())["kendall_tau"] == pytest.approx(expected)
+    # The three ways of splitting 4 seeds in two, the pre-declared one among them.
+    splits = [([0, 1], [2, 3]), ([0, 2], [1, 3]), ([0, 3], [1, 2])]
+    taus = [stats.kendalltau(accs[:, a].mean(axis=1), accs[:, b].mean(axis=1)).statistic for a, b in splits]
+    halvings = ceiling["all_halvings"]
+    assert halvings["count"] == 3 and halvings["exhaustive"] and halvings["seeds_per_half"] == 2
+    assert halvings["kendall_tau_mean"] == pytest.approx(np.mean(taus))
+    assert (halvings["kendall_tau_min"], halvings["kendall_tau_max"]) == pytest.approx((min(taus), max(taus)))
     assert np.allclose(study.ground_truth_table().mean, accs.mean(axis=1))
 
 
@@ -162,6 +169,27 @@ def test_the_predicted_ceiling_matches_simulated_seed_halves():
     simulated = stats.kendalltau(accs[:, :2].mean(axis=1), accs[:, 2:].mean(axis=1)).statistic
     assert predicted["predicted_tau"]["2_vs_2_seeds"] == pytest.approx(simulated, abs=0.03)
     assert predicted["predicted_tau"]["1_vs_1_seeds"] < predicted["predicted_tau"]["4_vs_4_seeds"]
+
+
+def test_halvings_are_enumerated_or_drawn_reproducibly_and_expose_the_normal_models_bias():
+    rng = np.random.default_rng(1)
+    # Normal true accuracies: the mean tau over splits agrees with the normal model of their r.
+    normal = rng.normal(size=(2000, 1)) + rng.normal(size=(2000, 6))
+    h = halving_taus(normal)
+    assert h["count"] == 10 and h["exhaustive"]  # C(6,3) / 2 splits of 6 seeds
+    assert h["kendall_tau_mean"] == pytest.approx(h["normal_model_tau_mean"], abs=0.02)
+    # A crowded middle with two far outliers: r stays high, tau does not, and the gap shows it.
+    truth = np.concatenate([rng.normal(scale=0.1, size=38), [-8.0, -10.0]])[:, None]
+    skewed = truth + rng.normal(size=(40, 6))
+    h = halving_taus(skewed)
+    assert h["normal_model_tau_mean"] - h["kendall_tau_mean"] > 0.2
+    # Many seeds: a seeded random draw of splits, the same for the same seed.
+    many = rng.normal(size=(30, 1)) + rng.normal(size=(30, 12))
+    drawn = halving_taus(many, max_halvings=50, seed=3)
+    assert drawn["count"] == 50 and not drawn["exhaustive"] and drawn["seeds_per_half"] == 6
+    assert drawn == halving_taus(many, max_halvings=50, seed=3)
+    assert drawn != halving_taus(many, max_halvings=50, seed=4)
+    assert halving_taus(many)["count"] == 462 and halving_taus(many)["exhaustive"]
 
 
 def test_a_probe_trains_and_scores_a_spread_subset_first(tmp_path: Path):
