@@ -137,6 +137,8 @@ def test_the_miniature_study_runs_end_to_end_and_resumes(tmp_path: Path):
                  "similarity_sf.png", "similarity_untrained.png"):  # fmt: skip
         assert (report / name).stat().st_size > 0, name
     assert "| sf | 5 |" in (report / "report.md").read_text()
+    assert "Ceiling over 1 balanced split of the seeds (1 per half)" in (report / "report.md").read_text()
+    assert results["ceiling"]["all_halvings"]["count"] == 1
     # Every run is an ordinary run directory, and its command is on record.
     commands = (out / "commands.sh").read_text().splitlines()
     assert len(commands) == 5 * 2 + 3 + 3 * 2

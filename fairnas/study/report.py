@@ -181,8 +181,9 @@ def _markdown(
     halvings = ceiling.get("all_halvings")
     if halvings:
         gap = halvings["normal_model_tau_mean"] - halvings["kendall_tau_mean"]
+        splits = f"{halvings['count']} balanced split{'' if halvings['count'] == 1 else 's'}"
         lines += [
-            f"Ceiling over {halvings['count']} balanced splits of the seeds ({halvings['seeds_per_half']} per half"
+            f"Ceiling over {splits} of the seeds ({halvings['seeds_per_half']} per half"
             f"{'' if halvings['exhaustive'] else ', drawn at random'}): Kendall tau "
             f"{halvings['kendall_tau_mean']:.3f} on average (sd {halvings['kendall_tau_std']:.3f}, "
             f"{halvings['kendall_tau_min']:.3f}-{halvings['kendall_tau_max']:.3f}); the normal model gives "
