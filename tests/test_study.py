@@ -105,6 +105,27 @@ def test_the_ceiling_compares_seed_halves_and_matches_scipy(tmp_path: Path):
     assert np.allclose(study.ground_truth_table().mean, accs.mean(axis=1))
 
 
+def test_the_supernets_stage_refuses_to_train_below_the_ceiling_gate(tmp_path: Path, monkeypatch):
+    space = load_space("fairnas_mini")
+    rng = np.random.default_rng(0)
+    truth = np.linspace(0.8, 0.9, 12)[:, None]
+    noisy = RankingStudy(str(tmp_path / "noisy"), space, "fairnas_mini", sample_size=12, seeds=[0, 1], bootstrap=50,
+                         min_ceiling=0.7)  # fmt: skip
+    _fake_ground_truth(noisy, truth + rng.normal(scale=0.1, size=(12, 2)))
+    with pytest.raises(ConfigError, match=r"ceiling is Kendall tau .* below study.min_ceiling=0.7.*min_ceiling=null"):
+        noisy.supernets()
+    assert not (tmp_path / "noisy" / "supernets").exists()
+    clean = RankingStudy(str(tmp_path / "clean"), space, "fairnas_mini", sample_size=12, seeds=[0, 1], bootstrap=50,
+                         min_ceiling=0.7)  # fmt: skip
+    _fake_ground_truth(clean, truth + rng.normal(scale=1e-4, size=(12, 2)))
+    launched = []
+    monkeypatch.setattr(clean, "_jobs", lambda jobs: launched.extend(jobs) or {"ran": len(jobs), "skipped": 0})
+    clean.supernets()
+    assert [job.run_dir.name for job in launched] == ["sf"]
+    with pytest.raises(ConfigError, match="min_ceiling is a Kendall tau"):
+        RankingStudy(str(tmp_path), space, "fairnas_mini", min_ceiling=7)
+
+
 def test_the_sample_is_written_once_and_then_read_back(tmp_path: Path):
     space = load_space("fairnas_mini")
     first = RankingStudy(str(tmp_path), space, "fairnas_mini", sample_size=6).sample()

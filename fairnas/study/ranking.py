@@ -63,6 +63,10 @@ class RankingStudy:
         bootstrap: Bootstrap replicates of every interval.
         bootstrap_seed: Seed of the bootstrap resampling.
         top_k: The k of the top-k precisions.
+        min_ceiling: The gate of the ``supernets`` stage: it refuses to train (a ConfigError naming
+            the measured ceiling) while the ceiling's Kendall tau (pre-declared halves) is below
+            this, since no supernet could then be shown to rank better or worse than another.
+            None: no gate.
         probe: Train and score only the first ``probe`` architectures of the ground truth's seeded
             order (a spread subset): a cheap ceiling measurement for choosing the design
             (epochs, seeds) before the whole ground truth is paid for. The report needs ``null``.
@@ -92,6 +96,7 @@ class RankingStudy:
         bootstrap: int = 2000,
         bootstrap_seed: int = 0,
         top_k: Sequence[int] = (5, 10),
+        min_ceiling: float | None = None,
         probe: int | None = None,
         parallel: int = 1,
         threads_per_job: int | None = None,
@@ -115,10 +120,14 @@ class RankingStudy:
         self.similarity_batches = int(similarity_batches)
         self.bootstrap, self.bootstrap_seed = int(bootstrap), int(bootstrap_seed)
         self.top_k = [int(k) for k in top_k]
+        if min_ceiling is not None and not -1.0 <= float(min_ceiling) <= 1.0:
+            raise ConfigError(f"min_ceiling is a Kendall tau in [-1, 1] (or null: no gate), got {min_ceiling}")
+        self.min_ceiling = None if min_ceiling is None else float(min_ceiling)
         if probe is not None and int(probe) < 2:
             raise ConfigError(f"probe: a ceiling needs at least 2 architectures, got {probe}")
         self.probe = None if probe is None else int(probe)
         self._archs: list[str] | None = None
+        self._ceiling: dict[str, Any] | None = None  # the last ceiling computed by this object
         self._run = {"parallel": int(parallel), "threads_per_job": threads_per_job, "python": python, "root": root}
 
     # ------------------------------------------------------------------ paths
@@ -207,6 +216,7 @@ class RankingStudy:
         result.update(predicted_ceiling(accs))
         result["all_halvings"] = halving_taus(accs, seed=self.bootstrap_seed)
         write_json_atomic(self.dir / "ceiling.json", result)
+        self._ceiling = result
         halvings = result["all_halvings"]
         log.info(
             "ceiling (seeds %s vs %s, n=%d): tau %.3f [%.3f, %.3f]; over %d halvings of the seeds %.3f (sd %.3f); "
@@ -220,6 +230,16 @@ class RankingStudy:
 
     def supernets(self) -> dict[str, int]:
         """Trains one supernet per entry of ``supernets``, all on the same data for the same epochs."""
+        if self.min_ceiling is not None:
+            ceiling = self._ceiling or self.ceiling()
+            if not ceiling["kendall_tau"] >= self.min_ceiling:
+                first, second = ceiling["halves"]
+                raise ConfigError(
+                    f"the ground truth's ceiling is Kendall tau {ceiling['kendall_tau']:.3f} (seeds {first} vs "
+                    f"{second}, n={ceiling['n']}), below study.min_ceiling={self.min_ceiling}: the "
+                    "ground truth is too noisy to tell the supernets apart. Add seeds (study.seeds=[...]) or change "
+                    "the design (docs/ranking-study.md), or set study.min_ceiling=null to train the supernets anyway"
+                )
         jobs = [
             Job(
                 "train.py",
