@@ -421,13 +421,17 @@ def predicted_ceiling(accs: np.ndarray) -> dict[str, Any]:
     signal = max(float(accs.mean(axis=1).var(ddof=1)) - noise / k_total, 0.0)
 
     def tau(k: int) -> float:
-        r = signal / (signal + noise / k) if signal + noise > 0 else math.nan
-        return float(2.0 / math.pi * math.asin(r))
+        return _normal_tau(signal / (signal + noise / k) if signal + noise > 0 else math.nan)
 
     return {
         "signal_std": math.sqrt(signal),
         "predicted_tau": {f"{k}_vs_{k}_seeds": tau(k) for k in (1, 2, 3, 4, 6)},
     }
+
+
+def _normal_tau(r: float) -> float:
+    """Kendall's tau of bivariate normal data with Pearson correlation r (Greiner's relation)."""
+    return float(2.0 / math.pi * math.asin(min(max(r, -1.0), 1.0))) if not math.isnan(r) else math.nan
 
 
 def halving_taus(accs: np.ndarray, max_halvings: int = 500, seed: int = 0) -> dict[str, Any]:
@@ -460,7 +464,7 @@ def halving_taus(accs: np.ndarray, max_halvings: int = 500, seed: int = 0) -> di
     for left, right in splits:
         a, b = accs[:, list(left)].mean(axis=1), accs[:, list(right)].mean(axis=1)
         taus.append(kendall_tau(a, b))
-        model.append(2.0 / math.pi * math.asin(min(max(pearson_r(a, b), -1.0), 1.0)))
+        model.append(_normal_tau(pearson_r(a, b)))
     return {
         "seeds_per_half": k,
         "count": len(splits),
