@@ -58,6 +58,19 @@ def test_a_failing_job_does_not_stop_the_others_and_is_named(fake_root: Path):
         run_jobs(jobs, parallel=0, root=fake_root)
 
 
+def test_a_job_rerun_after_a_failure_or_an_interruption_is_listed_once_without_its_checkpoint(fake_root: Path):
+    commands = fake_root / "commands.sh"
+    failing = Job("fake.py", fake_root / "bad", ("fail=1",), resumable=True)
+    for _ in range(2):
+        with pytest.raises(JobFailed):
+            run_jobs([failing], root=fake_root, commands_file=commands)
+    (fake_root / "bad" / "checkpoints").mkdir()
+    (fake_root / "bad" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(JobFailed):
+        run_jobs([failing], root=fake_root, commands_file=commands)
+    assert commands.read_text().splitlines() == [f"python fake.py fail=1 hydra.run.dir={fake_root / 'bad'}"]
+
+
 def test_an_interrupted_training_job_resumes_from_its_last_checkpoint(tmp_path: Path):
     job = Job("train.py", tmp_path / "run", ("arch=0-0",), resumable=True)
     assert not any(a.startswith("ckpt_path=") for a in job.argv(sys.executable, ROOT))

@@ -2,7 +2,8 @@
 
 Each job is an ordinary ``python train.py ...`` (or ``search.py``) run with a fixed
 ``hydra.run.dir``, so every result is a normal run directory a user can inspect or rerun by hand,
-and the exact command lines are appended to ``commands.sh`` in the study directory. A job whose
+and each job's command line is appended to ``commands.sh`` in the study directory, once (a rerun
+logs only jobs not listed yet, without the ``ckpt_path`` of a resume). A job whose
 ``results.json`` exists is finished and skipped; one that stopped half-way with a
 ``checkpoints/last.ckpt`` is resumed from it (``ckpt_path=``), so a study can be run in pieces.
 """
@@ -51,10 +52,11 @@ class Job:
     def done(self) -> bool:
         return (self.run_dir / "results.json").is_file()
 
-    def argv(self, python: str, root: Path) -> list[str]:
+    def argv(self, python: str, root: Path, *, resume: bool = True) -> list[str]:
+        """The command line; with ``resume``, continuing from ``last.ckpt`` when the job is resumable and has one."""
         overrides = list(self.overrides)
         last = self.run_dir / "checkpoints" / "last.ckpt"
-        if self.resumable and last.is_file():
+        if resume and self.resumable and last.is_file():
             overrides.append(f"ckpt_path={last}")
         return [python, str(root / self.script), *overrides, f"hydra.run.dir={self.run_dir}"]
 
@@ -63,6 +65,15 @@ def _quote(argv: Sequence[str]) -> str:
     shown = [Path(argv[1]).name if i == 1 else a for i, a in enumerate(argv)]
     shown[0] = "python"
     return " ".join(shlex.quote(a) for a in shown)
+
+
+def _log_commands(commands_file: Path, lines: Sequence[str]) -> None:
+    """Appends the lines not already in ``commands_file``: a job is listed once, however often it restarts."""
+    listed = set(commands_file.read_text().splitlines()) if commands_file.is_file() else set()
+    new = [line for line in dict.fromkeys(lines) if line not in listed]
+    if new:
+        with open(commands_file, "a") as f:
+            f.writelines(f"{line}\n" for line in new)
 
 
 def run_jobs(
@@ -95,8 +106,7 @@ def run_jobs(
     if threads_per_job is not None:
         env.update(OMP_NUM_THREADS=str(threads_per_job), MKL_NUM_THREADS=str(threads_per_job))
     if commands_file is not None and todo:
-        with open(commands_file, "a") as f:
-            f.writelines(f"{_quote(job.argv(python, root))}\n" for job in todo)
+        _log_commands(Path(commands_file), [_quote(job.argv(python, root, resume=False)) for job in todo])
     failures: list[str] = []
 
     def run(index_job: tuple[int, Job]) -> None:
