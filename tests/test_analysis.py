@@ -18,6 +18,7 @@ from fairnas.analysis import (
     kendall_tau,
     markdown_table,
     paired_bootstrap_diff,
+    partial_kendall_tau,
     pearson_r,
     plot_similarity,
     ranking_report,
@@ -94,6 +95,51 @@ def noisy(n=30, noise=0.5, seed=0):
     rng = np.random.default_rng(seed)
     true = rng.normal(size=n)
     return true + noise * rng.normal(size=n), true
+
+
+def test_partial_kendall_tau_against_scipy_and_its_limits():
+    # Rankings unrelated to the one held fixed (tau 0 with it): the partial tau is the plain tau.
+    given, a, b = [1, 2, 3, 4, 5], [1, 4, 5, 3, 2], [1, 5, 3, 4, 2]
+    assert stats.kendalltau(a, given).statistic == pytest.approx(0.0)
+    assert stats.kendalltau(b, given).statistic == pytest.approx(0.0)
+    assert partial_kendall_tau(a, b, given) == pytest.approx(stats.kendalltau(a, b).statistic) == pytest.approx(0.6)
+    # General data: Kendall's formula from scipy's three taus; symmetric in the two rankings.
+    rng = np.random.default_rng(0)
+    size = rng.normal(size=30)
+    true = size + rng.normal(size=30)
+    pred = size + 0.5 * rng.normal(size=30)
+    t_pt, t_ps, t_ts = (stats.kendalltau(x, y).statistic for x, y in ((pred, true), (pred, size), (true, size)))
+    expected = (t_pt - t_ps * t_ts) / math.sqrt((1 - t_ps**2) * (1 - t_ts**2))
+    assert partial_kendall_tau(pred, true, size) == pytest.approx(expected)
+    assert partial_kendall_tau(true, pred, size) == pytest.approx(expected)
+    assert 0.0 < expected < t_pt  # part of the agreement came through size
+    # The ground truth predicts itself perfectly beyond size; size itself is undefined, not 0 or 1.
+    assert partial_kendall_tau(true, true, size) == pytest.approx(1.0)
+    assert math.isnan(partial_kendall_tau(size, true, size))
+    assert math.isnan(partial_kendall_tau(pred, true, np.ones(30)))
+    with pytest.raises(ValueError, match="length"):
+        partial_kendall_tau(pred, true, size[:10])
+
+
+def test_bootstrap_ci_resamples_a_given_column_with_the_pairs():
+    rng = np.random.default_rng(1)
+    size = rng.normal(size=40)
+    true = size + rng.normal(size=40)
+    pred = size + 0.5 * rng.normal(size=40)
+    est, low, high = bootstrap_ci(partial_kendall_tau, pred, true, n_boot=300, seed=0, given=size)
+    assert est == partial_kendall_tau(pred, true, size)
+    assert low <= est <= high
+    assert bootstrap_ci(partial_kendall_tau, pred, true, n_boot=300, seed=0, given=size) == (est, low, high)
+    # A size meter (size plus noise unrelated to the truth): a clearly positive plain tau, but an
+    # interval around 0 beyond size.
+    meter = size + 0.3 * rng.normal(size=40)
+    assert bootstrap_ci(kendall_tau, meter, true, n_boot=300)[1] > 0.2
+    _, low, high = bootstrap_ci(partial_kendall_tau, meter, true, n_boot=300, given=size)
+    assert low < 0.0 < high
+    rows = ranking_report(true, {"pred": pred, "size": size}, ks=(5,), n_boot=100, given=size)
+    assert rows[0]["partial_tau_given_madds"] == pytest.approx(est)
+    assert math.isnan(rows[1]["partial_tau_given_madds"])
+    assert "partial_tau_given_madds" not in ranking_report(true, {"pred": pred}, ks=(5,), n_boot=10)[0]
 
 
 def test_bootstrap_ci_contains_estimate_and_is_deterministic():

@@ -67,6 +67,24 @@ def pearson_r(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.pearsonr(x, y).statistic)
 
 
+def partial_kendall_tau(a: Sequence[float], b: Sequence[float], given: Sequence[float]) -> float:
+    """Kendall's partial tau of ``a`` and ``b`` with ``given`` held fixed; NaN where it is undefined.
+
+    ``(tau_ab - tau_ag * tau_bg) / sqrt((1 - tau_ag^2) (1 - tau_bg^2))`` (Kendall, 1942), from the
+    tau-b of each pair. In a ranking study with ``given`` the MAdds, it asks whether a predictor
+    orders architectures correctly beyond what their size already tells: near 0 for a predictor
+    that is only a size meter, 1 for one that agrees with the ground truth. Undefined (NaN) when
+    either input ranks exactly like ``given`` (``|tau| = 1``) or any input is constant.
+    """
+    x, y = _pair(a, b)
+    _, z = _pair(a, given)
+    tau_xy, tau_xz, tau_yz = kendall_tau(x, y), kendall_tau(x, z), kendall_tau(y, z)
+    denominator = (1.0 - tau_xz**2) * (1.0 - tau_yz**2)
+    if not denominator > 1e-12:  # |tau| = 1 up to rounding; also catches the NaN of a constant input
+        return math.nan
+    return float((tau_xy - tau_xz * tau_yz) / math.sqrt(denominator))
+
+
 def top_k_indices(values: Sequence[float], k: int) -> np.ndarray:
     """Indices of the k highest values; ties go to the lower index so the result is deterministic."""
     x = np.asarray(values, dtype=np.float64).ravel()
@@ -109,22 +127,26 @@ def bootstrap_ci(
     n_boot: int = 2000,
     alpha: float = 0.05,
     seed: int = 0,
+    given: Sequence[float] | None = None,
 ) -> tuple[float, float, float]:
     """Percentile-bootstrap interval of ``stat_fn(a, b)``, resampling architectures (pairs) with replacement.
 
     The uncertainty of a ranking study comes from which architectures were trained, so whole
     (a_i, b_i) pairs are resampled. Replicates where the statistic is undefined (NaN, e.g. a
-    resample of one repeated architecture) are left out of the interval.
+    resample of one repeated architecture) are left out of the interval. With ``given`` (a third
+    value per architecture, e.g. its MAdds for :func:`partial_kendall_tau`), the statistic is
+    ``stat_fn(a, b, given)`` and the triples are resampled together.
 
     Returns:
         ``(estimate, low, high)``: the statistic on the full data and the ``1 - alpha`` interval.
     """
     _check_boot(n_boot, alpha)
-    x, y = _pair(a, b)
-    estimate = float(stat_fn(x, y))
+    columns = _pair(a, b) if given is None else (*_pair(a, b), _pair(a, given)[1])
+    estimate = float(stat_fn(*columns))
     rng = np.random.default_rng(seed)
-    indices = rng.integers(0, x.size, size=(int(n_boot), x.size))
-    replicates = np.array([stat_fn(x[i], y[i]) for i in indices], dtype=np.float64)
+    n = columns[0].size
+    indices = rng.integers(0, n, size=(int(n_boot), n))
+    replicates = np.array([stat_fn(*(c[i] for c in columns)) for i in indices], dtype=np.float64)
     return (estimate, *_interval(replicates, alpha))
 
 
@@ -173,6 +195,8 @@ def ranking_report(
     n_boot: int = 2000,
     alpha: float = 0.05,
     seed: int = 0,
+    given: Sequence[float] | None = None,
+    given_name: str = "madds",
 ) -> list[dict[str, Any]]:
     """One row per predictor: tau, rho, r and top-k precisions, each with its bootstrap interval.
 
@@ -186,17 +210,22 @@ def ranking_report(
         n_boot: Bootstrap replicates.
         alpha: One minus the interval's coverage.
         seed: Seed of the bootstrap resampling.
+        given: A cost of each architecture (e.g. MAdds): adds the partial Kendall tau with it held
+            fixed, ``partial_tau_given_{given_name}`` (:func:`partial_kendall_tau`).
+        given_name: The cost's name in that key.
 
     Returns:
         Flat rows (CSV-ready): ``predictor``, ``n``, and for each statistic ``s`` the keys
         ``s``, ``s_low``, ``s_high`` (``s`` is ``kendall_tau``, ``spearman_rho``, ``pearson_r``,
-        ``top{k}_precision``).
+        ``partial_tau_given_{given_name}`` with ``given``, ``top{k}_precision``).
     """
     t = np.asarray(true, dtype=np.float64).ravel()
     for k in ks:
         if not 1 <= int(k) <= t.size:
             raise ConfigError(f"ks: top-{k} precision needs 1 <= k <= {t.size} (the number of architectures)")
     statistics = dict(STATISTICS)
+    if given is not None:
+        statistics[f"partial_tau_given_{given_name}"] = partial_kendall_tau
     for k in ks:
         statistics[f"top{int(k)}_precision"] = lambda p, q, k=int(k): top_k_precision(p, q, k)
     rows = []
@@ -206,7 +235,8 @@ def ranking_report(
             raise ValueError(f"predictor {name!r} has {p.size} accuracies but there are {t.size} true ones")
         row: dict[str, Any] = {"predictor": str(name), "n": int(t.size)}
         for key, fn in statistics.items():
-            estimate, low, high = bootstrap_ci(fn, p, t, n_boot=n_boot, alpha=alpha, seed=seed)
+            extra = {"given": given} if fn is partial_kendall_tau else {}
+            estimate, low, high = bootstrap_ci(fn, p, t, n_boot=n_boot, alpha=alpha, seed=seed, **extra)
             row.update({key: estimate, f"{key}_low": low, f"{key}_high": high})
         rows.append(row)
     return rows

@@ -80,9 +80,10 @@ def write_report(
     """Writes ``report.md``, ``ranking.csv``, ``paired.csv``, ``architectures.csv``, the plots and ``results.json``.
 
     Predictors scored against the ground truth (mean stand-alone accuracy over seeds): every
-    supernet's one-shot accuracy and the naive proxies MAdds and params. The ceiling row scores one
-    half of the seeds against the other. Paired bootstraps compare the first supernet with each
-    other predictor on the same resampled architectures.
+    supernet's one-shot accuracy and the naive proxies MAdds and params, each also with MAdds held
+    fixed (partial Kendall tau). The ceiling row scores one half of the seeds against the other.
+    Paired bootstraps compare the first supernet with each other predictor on the same resampled
+    architectures.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     mean = truth.mean
@@ -90,12 +91,13 @@ def write_report(
     predictors["MAdds (proxy)"] = truth["madds"].astype(np.float64)
     predictors["params (proxy)"] = truth["params"].astype(np.float64)
     ks = [k for k in top_k if k <= len(mean)]
-    rows = ranking_report(mean, predictors, ks=ks, n_boot=n_boot, seed=seed)
+    madds = predictors["MAdds (proxy)"]
+    rows = ranking_report(mean, predictors, ks=ks, n_boot=n_boot, seed=seed, given=madds)
     halves = ceiling["halves"]
     a = truth[[f"seed{s}" for s in halves[0]]].mean(axis=1)
     b = truth[[f"seed{s}" for s in halves[1]]].mean(axis=1)
     ceiling_name = f"ceiling: stand-alone seeds {halves[0]} vs {halves[1]}"
-    rows += ranking_report(b, {ceiling_name: a}, ks=ks, n_boot=n_boot, seed=seed)
+    rows += ranking_report(b, {ceiling_name: a}, ks=ks, n_boot=n_boot, seed=seed, given=madds)
     write_csv(rows, out_dir / "ranking.csv")
 
     paired = []
@@ -195,6 +197,10 @@ def _markdown(
         "## Rank correlation with the ground truth (95% bootstrap intervals)",
         "",
         markdown_table(rows),
+        "`partial_tau_given_madds` is Kendall's partial tau with MAdds held fixed: how well a predictor "
+        "orders the architectures beyond what their size already tells (about 0 for a mere size meter; "
+        "undefined for MAdds itself).",
+        "",
     ]
     if paired:
         lines += ["## Paired bootstrap of Kendall tau differences", "", markdown_table(paired)]
