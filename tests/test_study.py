@@ -191,6 +191,15 @@ def test_the_miniature_study_runs_end_to_end_and_resumes(tmp_path: Path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert len((out / "commands.sh").read_text().splitlines()) == len(commands)
 
+    # Results kept without the checkpoints (as docs/ keeps them): finished stages still skip, and
+    # the report, which needs the supernets, says which checkpoint is gone instead of a traceback.
+    (out / "supernets" / "sf" / "checkpoints" / "last.ckpt").unlink()
+    kept = run_entry("study.py", *common, "stages=[supernets,oneshot]", timeout=120)
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    report_again = run_entry("study.py", *common, "stages=[report]", timeout=120)
+    assert report_again.returncode == 2 and "Traceback" not in report_again.stderr
+    assert "supernet 'sf' has finished" in report_again.stderr and "last.ckpt is missing" in report_again.stderr
+
 
 def test_a_report_before_the_runs_is_one_clear_error(tmp_path: Path):
     done = run_entry("study.py", "study=ranking_tiny", f"study.out_dir={tmp_path}", "stages=[report]")

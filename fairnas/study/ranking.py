@@ -255,24 +255,27 @@ class RankingStudy:
         """Each supernet evaluates the study's architectures and, for its histogram, a random sample (search.py)."""
         jobs = []
         for name in self.supernet_runs:
-            ckpt = self._checkpoint(name)
+            ckpt = self.supernet_dir(name) / "checkpoints" / "last.ckpt"
             base = (f"ckpt_path={ckpt}", "logger=none", *self.search_overrides)
-            jobs.append(
+            own = [
                 Job(
                     "search.py",
                     self.oneshot_dir(name, "sample"),
                     (*base, "strategy=list", f"strategy.path={self.archs_file}"),
                 )
-            )
+            ]
             if self.histogram_samples > 0:
                 random = (
                     "strategy=random",
                     f"strategy.num_samples={self.histogram_samples}",
                     f"seed={self.sample_seed}",
                 )
-                jobs.append(
+                own.append(
                     Job("search.py", self.oneshot_dir(name, "random"), (*base, *random, *self.histogram_overrides))
                 )
+            if not all(job.done for job in own):
+                self._checkpoint(name)  # a clear error if the supernet is unfinished or its checkpoint gone
+            jobs += own
         return self._jobs(jobs)
 
     def report(self) -> dict[str, Any]:
@@ -335,7 +338,13 @@ class RankingStudy:
         run = self.supernet_dir(name)
         if not (run / "results.json").is_file():
             raise ConfigError(f"supernet {name!r} is not trained yet ({run}): run the supernets stage first")
-        return run / "checkpoints" / "last.ckpt"
+        ckpt = run / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():  # e.g. results copied from docs/, which keeps no checkpoints
+            raise ConfigError(
+                f"supernet {name!r} has finished ({run / 'results.json'}) but its checkpoint {ckpt} is missing: "
+                f"to train it again, move {run} aside and rerun the supernets stage"
+            )
+        return ckpt
 
     def _oneshot_accuracies(self, name: str, kind: str, archs: Sequence[str] | None = None) -> dict[str, float]:
         path = self.oneshot_dir(name, kind) / "evaluated.csv"
