@@ -219,10 +219,11 @@ class RankingStudy:
         self._ceiling = result
         halvings = result["all_halvings"]
         log.info(
-            "ceiling (seeds %s vs %s, n=%d): tau %.3f [%.3f, %.3f]; over %d halvings of the seeds %.3f (sd %.3f); "
+            "ceiling (seeds %s vs %s, n=%d): tau %.3f [%.3f, %.3f]; over %d halving%s of the seeds %.3f (sd %.3f); "
             "accuracy %.2f-%.2f%%, std across archs %.2f pp, seed std %.2f pp",
             *result["halves"], result["n"], result["kendall_tau"], result["kendall_tau_low"],
-            result["kendall_tau_high"], halvings["count"], halvings["kendall_tau_mean"], halvings["kendall_tau_std"],
+            result["kendall_tau_high"], halvings["count"], "" if halvings["count"] == 1 else "s",
+            halvings["kendall_tau_mean"], halvings["kendall_tau_std"],
             100 * result["acc_range"][0], 100 * result["acc_range"][1],
             100 * result["acc_std_across_archs"], 100 * result["seed_std"],
         )  # fmt: skip
