@@ -141,6 +141,9 @@ class RankingStudy:
     def supernet_dir(self, name: str) -> Path:
         return self.dir / "supernets" / name
 
+    def supernet_checkpoint(self, name: str) -> Path:
+        return self.supernet_dir(name) / "checkpoints" / "last.ckpt"
+
     def oneshot_dir(self, name: str, kind: str) -> Path:
         return self.dir / "oneshot" / name / kind
 
@@ -256,8 +259,7 @@ class RankingStudy:
         """Each supernet evaluates the study's architectures and, for its histogram, a random sample (search.py)."""
         jobs = []
         for name in self.supernet_runs:
-            ckpt = self.supernet_dir(name) / "checkpoints" / "last.ckpt"
-            base = (f"ckpt_path={ckpt}", "logger=none", *self.search_overrides)
+            base = (f"ckpt_path={self.supernet_checkpoint(name)}", "logger=none", *self.search_overrides)
             own = [
                 Job(
                     "search.py",
@@ -339,7 +341,7 @@ class RankingStudy:
         run = self.supernet_dir(name)
         if not (run / "results.json").is_file():
             raise ConfigError(f"supernet {name!r} is not trained yet ({run}): run the supernets stage first")
-        ckpt = run / "checkpoints" / "last.ckpt"
+        ckpt = self.supernet_checkpoint(name)
         if not ckpt.is_file():  # e.g. results copied from docs/, which keeps no checkpoints
             raise ConfigError(
                 f"supernet {name!r} has finished ({run / 'results.json'}) but its checkpoint {ckpt} is missing: "
