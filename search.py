@@ -29,6 +29,7 @@ from fairnas.models import CostModel
 from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator, load_supernet
 from fairnas.search.checkpoint import file_digest
 from fairnas.search.outputs import records_csv, write_outputs
+from fairnas.tracking import finish_loggers, log_file_artifact, redact, run_identity, supernet_run_info
 from fairnas.utils import write_json_atomic
 
 log = logging.getLogger("fairnas")
@@ -107,7 +108,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": round(time.time() - start, 2),
     }
     write_json_atomic(out_dir / "results.json", results)
-    _log_to_loggers(cfg, records, figure)
+    _log_to_loggers(cfg, records, figure, results, out_dir)
     log.info("%d architectures (%d new); best %s acc %.4f; outputs in %s", len(records), evaluator.evaluations,
              best["arch"], best["acc1"], out_dir)  # fmt: skip
     return results
@@ -150,21 +151,50 @@ def _progress(evaluator: SupernetEvaluator, bar: tqdm):
     return accuracy
 
 
-def _log_to_loggers(cfg: DictConfig, records: list[dict[str, Any]], figure: Any) -> None:
+def _log_to_loggers(cfg: DictConfig, records: list[dict[str, Any]], figure: Any, results: dict[str, Any],
+                    out_dir: Path) -> None:  # fmt: skip
+    """One run per logger: the search config with the supernet run it searched, summary metrics,
+    the evaluated table and Pareto plot, and (W&B) best.yaml and pareto.csv as an artifact."""
+    if not cfg.get("logger"):
+        return
     from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
-    for logger_cfg in (cfg.get("logger") or {}).values():
-        logger = instantiate(logger_cfg)
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure("search/pareto", figure)
-            logger.experiment.add_text("search/evaluated", "    " + records_csv(records).replace("\n", "\n    "))
-        elif isinstance(logger, WandbLogger):
-            import wandb
+    supernet = supernet_run_info(cfg.ckpt_path)
+    identity = run_identity(
+        {"sampler": "search", "search_space": results["search_space"], "dataset": supernet.get("dataset", "data")},
+        cfg.seed, name=cfg.get("name") or f"search-{supernet.get('run_name') or Path(cfg.ckpt_path).stem}",
+        group=cfg.get("group") or supernet.get("group"), tags=cfg.get("tags") or [],
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.name, cfg.group, cfg.tags = identity.name, identity.group, identity.tags
+    config = {**redact(OmegaConf.to_container(cfg, resolve=True)), "supernet": supernet}
+    summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    loggers = []
+    try:
+        for logger_cfg in cfg.logger.values():
+            extra = {"job_type": "search"} if str(logger_cfg.get("_target_", "")).endswith("WandbLogger") else {}
+            logger = instantiate(logger_cfg, **extra)
+            loggers.append(logger)
+            logger.log_hyperparams(config)
+            logger.log_metrics(summary, step=0)
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("search/pareto", figure)
+                logger.experiment.add_text("search/evaluated", "    " + records_csv(records).replace("\n", "\n    "))
+            elif isinstance(logger, WandbLogger):
+                import wandb
 
-            columns = sorted({k for r in records for k in r})
-            table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in records])
-            logger.experiment.log({"search/evaluated": table, "search/pareto": wandb.Image(figure)})
-        logger.finalize("success")
+                columns = sorted({k for r in records for k in r})
+                table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in records])
+                logger.experiment.log({"search/evaluated": table, "search/pareto": wandb.Image(figure)})
+                logger.experiment.summary.update(summary)
+                files = [out_dir / n for n in ("best.yaml", "pareto.csv", "evaluated.csv", "results.json")]
+                log_file_artifact(logger, f"search-{logger.experiment.id}", "search-results", files)
+        status = "success"
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        finish_loggers(loggers, status)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="search")

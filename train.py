@@ -18,8 +18,9 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fairnas.config_error import ConfigError
@@ -29,7 +30,18 @@ from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.search.checkpoint import load_checkpoint
 from fairnas.system import resolve_strategy
 from fairnas.system.ddp import isolated_distributed_run
+from fairnas.tracking import (
+    LogRunConfig,
+    build_loggers,
+    finish_loggers,
+    log_checkpoint_artifacts,
+    redact,
+    run_identity,
+    run_summary,
+    steps_for_paths,
+)
 from fairnas.utils import write_json_atomic
+from fairnas.utils.extras import apply_extras
 
 log = logging.getLogger("fairnas")
 
@@ -82,26 +94,47 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         log.info("stand-alone %s %s: %s", space.name, space.format_arch(arch), " ".join(space.describe_arch(arch)))
 
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    choices = _choices()
+    identity = run_identity(
+        choices, cfg.seed, None if arch is None else space.format_arch(arch), cfg.get("name"), cfg.get("group"),
+        cfg.get("tags") or [], _sweep_dir(),
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.name, cfg.group, cfg.tags = identity.name, identity.group, identity.tags
+        if cfg.get("max_paths") is not None:
+            cfg.trainer.max_steps = _path_budget(cfg, system)
+    loggers, artifact_loggers = build_loggers((cfg.get("logger") or {}).values(), instantiate)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    batch_size = getattr(datamodule, "batch_size", None)
+    summary = run_summary(choices, space.num_layers, space.num_choices, batch_size, 1, identity)
+    callbacks.append(LogRunConfig(redact(OmegaConf.to_container(cfg, resolve=True)), summary, batch_size))
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     strategy = resolve_strategy(t["strategy"], t["accelerator"], t["devices"], t["num_nodes"], arch is None)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy)
     if trainer.world_size == 1 and isinstance(datamodule, SplitDataModule):
         # Our datamodules resume mid-epoch exactly (SplitDataModule.state_dict); Lightning cannot tell.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-    # weights_only: a checkpoint can never run code (ours hold only tensors and plain data).
+    status = "failed"
     try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:
-        # SaveOnInterrupt has saved the state; a scheduler must not read the stop as success.
-        sys.exit(128 + signal.SIGTERM)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if system.last_validated_step != trainer.global_step and trainer.limit_val_batches:
-        # The run stopped mid-epoch (max_steps): validate the final weights too.
-        metrics.update(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
-    if cfg.test:
-        metrics.update(trainer.test(system, datamodule=datamodule, verbose=False)[0])
+        # weights_only: a checkpoint can never run code (ours hold only tensors and plain data).
+        try:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            # SaveOnInterrupt has saved the state; a scheduler must not read the stop as success.
+            sys.exit(128 + signal.SIGTERM)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if system.last_validated_step != trainer.global_step and trainer.limit_val_batches:
+            # The run stopped mid-epoch (max_steps): validate the final weights too.
+            metrics.update(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
+        if cfg.test:
+            metrics.update(trainer.test(system, datamodule=datamodule, verbose=False)[0])
+        if trainer.is_global_zero and artifact_loggers:
+            checkpoints = sorted((out_dir / "checkpoints").glob("*.ckpt"))
+            log_checkpoint_artifacts(artifact_loggers, checkpoints, aliases=["latest"])
+        status = "success"
+    finally:
+        # Every job of a sweep ends its logger runs, also when it fails, so the next job gets its own.
+        finish_loggers(loggers, status)
 
     results: dict[str, Any] = {
         **metrics,
@@ -111,6 +144,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "world_size": trainer.world_size,
         "wall_time_s": round(time.time() - start, 2),
         "search_space": space.name,
+        "run_name": identity.name,
+        "group": identity.group,
+        "tags": identity.tags,
+        **_wandb_ids(loggers),
     }
     if arch is None:
         results.update(sampler=type(sampler).__name__, fairness_spread=system.fairness_spread)
@@ -162,12 +199,53 @@ def _retrain_overrides() -> list[str]:
     return picked + [o for o in hc.overrides.task if o.startswith(fields)]
 
 
+def _choices() -> dict[str, str]:
+    """The config group choices of this job (sampler=sf, dataset=..., ...), Hydra's own groups left out."""
+    if not HydraConfig.initialized():
+        return {}
+    chosen = HydraConfig.get().runtime.choices
+    return {k: str(v) for k, v in chosen.items() if v is not None and not k.startswith("hydra")}
+
+
+def _sweep_dir() -> str | None:
+    """The directory of the -m sweep this job belongs to (its W&B group), None for a single run."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+def _path_budget(cfg: DictConfig, system: pl.LightningModule) -> int:
+    """trainer.max_steps for ``max_paths`` single-path passes of this run's sampler."""
+    if cfg.trainer.max_steps not in (None, -1):
+        raise ConfigError(
+            f"max_paths={cfg.max_paths} and trainer.max_steps={cfg.trainer.max_steps} both set a budget: keep one "
+            "(max_paths gives every sampler the same compute)"
+        )
+    sampler = getattr(system, "sampler", None)
+    if sampler is None:  # stand-alone: one path per optimizer step
+        return steps_for_paths(cfg.max_paths, 1, 1)
+    return steps_for_paths(cfg.max_paths, sampler.paths_per_step, sampler.updates_per_step)
+
+
+def _wandb_ids(loggers: list[Any]) -> dict[str, str]:
+    """The W&B run this job logged to (id, and the folder its offline files are in), if any."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            run = logger._experiment
+            return {"wandb_run_id": run.id, "wandb_run_dir": str(Path(run.dir).parent)}
+    return {}
+
+
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    apply_extras(cfg)
     try:
         with isolated_distributed_run():  # in a -m sweep, the next job starts clean
             train(cfg)

@@ -43,6 +43,13 @@ def usage_heatmap(counts: np.ndarray, title: str = "block usage"):
     return fig
 
 
+def logging_step(trainer: pl.Trainer) -> int:
+    """The x-axis value Lightning gives the metrics logged now: batches trained, not optimizer
+    steps (ef makes m optimizer steps per batch). Media logged by hand use it too, so every metric
+    of a run shares one axis (W&B's ``trainer/global_step``)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
 class BlockUsageLogger(Callback):
     """Logs the cumulative update count of every (layer, choice) of a supernet system.
 
@@ -101,12 +108,12 @@ class BlockUsageLogger(Callback):
     def _log_media(self, trainer: pl.Trainer, counts: np.ndarray) -> None:
         if not trainer.is_global_zero:
             return
-        step = trainer.global_step
+        step = logging_step(trainer)
         edges = np.arange(counts.shape[1] + 1) - 0.5
         figure = None
         for logger in trainer.loggers:
             if isinstance(logger, (TensorBoardLogger, WandbLogger)) and figure is None:
-                figure = usage_heatmap(counts, f"block usage, step {step}")
+                figure = usage_heatmap(counts, f"block usage, optimizer step {trainer.global_step}")
             if isinstance(logger, TensorBoardLogger):
                 writer = logger.experiment
                 writer.add_figure("usage/heatmap", figure, step, close=False)

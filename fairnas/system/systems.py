@@ -278,7 +278,8 @@ class SupernetSystem(_ClassifierSystem):
                 f"the sampler draws {sampler.num_layers} layers x {sampler.num_choices} choices but the space "
                 f"{supernet.space.name!r} has {supernet.space.num_layers} x {supernet.space.num_choices}"
             )
-        self.save_hyperparameters(ignore=["supernet", "sampler", "optimizer", "scheduler", "metadata"])
+        # logger=False: train.py sends every logger the whole run config instead (fairnas.tracking).
+        self.save_hyperparameters(ignore=["supernet", "sampler", "optimizer", "scheduler", "metadata"], logger=False)
         self.supernet = layout.to_layout(supernet, memory_format)
         self.sampler = sampler
         self.grad_reduction = grad_reduction
@@ -340,6 +341,10 @@ class SupernetSystem(_ClassifierSystem):
                     self._count_usage(arch)
         self.log("train/loss", torch.stack(losses).mean(), prog_bar=True)
         self.log("train/acc", torch.stack(correct).mean())
+        # Single-path passes trained so far (forward + backward of one path each): the x-axis on
+        # which samplers compare at equal compute (sf makes 1 optimizer step per m paths, ef m).
+        self.log("train/paths", self.block_usage[0].sum().float())
+        self.log("train/optimizer_steps", float(self.global_step))
 
     def _count_usage(self, arch: Sequence[int]) -> None:
         layers = torch.arange(len(arch), device=self.block_usage.device)
@@ -484,7 +489,7 @@ class StandaloneSystem(_ClassifierSystem):
             optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite, seed,
             memory_format,
         )  # fmt: skip
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "metadata"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "metadata"], logger=False)
         self.net = layout.to_layout(net, memory_format)
         num_classes = net.head.classifier.out_features
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
