@@ -152,10 +152,12 @@ def test_multirun_with_ddp_runs_each_job_on_two_processes_in_its_own_dir(tmp_pat
     proc = run_entry(
         "train.py", "-m", "sampler=sf,ef", "trainer.accelerator=cpu", "trainer.devices=2", "dataset=synthetic",
         "dataset.batch_size=32", "trainer.max_steps=3", "trainer.limit_val_batches=1", "system.val_archs=2",
-        "system.val_bn_batches=1", "logger=none", f"hydra.sweep.dir={tmp_path}", timeout=600,
+        "system.val_bn_batches=1", "logger=wandb", f"hydra.sweep.dir={tmp_path}", timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    # One W&B run per job, from rank 0 only (rank 1 re-runs the job's command in the same folder).
+    assert [len(list((r / "wandb").glob("offline-run-*"))) for r in runs] == [1, 1]
     assert [r.name.split("_")[0] for r in runs] == ["0", "1"]  # the two jobs, nothing else
     assert {results(r)["sampler"] for r in runs} == {"StrictFairSampler", "UniformSampler"}
     for run in runs:

@@ -80,7 +80,7 @@ def find_jobs(roots: Sequence[str | Path]) -> list[Job]:
     for root in roots:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root} is not a directory: give sweep or run directories (multirun/<date>/<time>)")
+            raise FileNotFoundError(f"{root} is not a directory: give sweep or run folders (multirun/<date>/<time>)")
         for overrides in sorted(root.glob("**/.hydra/overrides.yaml")):
             job_dir = overrides.parent.parent
             results_path = job_dir / "results.json"

@@ -44,10 +44,11 @@ def usage_heatmap(counts: np.ndarray, title: str = "block usage"):
 
 
 def logging_step(trainer: pl.Trainer) -> int:
-    """The x-axis value Lightning gives the metrics logged now: batches trained, not optimizer
-    steps (ef makes m optimizer steps per batch). Media logged by hand use it too, so every metric
-    of a run shares one axis (W&B's ``trainer/global_step``)."""
-    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    """The x-axis value of the metrics Lightning logs at the end of an epoch: the index of the last
+    batch trained (batches, not optimizer steps: ef makes m optimizer steps per batch). Media logged
+    by hand at epoch end use it too, so every metric of a run shares one axis (W&B's
+    ``trainer/global_step``), as Lightning's epoch-end and validation metrics do."""
+    return max(0, int(trainer.fit_loop.epoch_loop._batches_that_stepped) - 1)
 
 
 class BlockUsageLogger(Callback):
