@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
