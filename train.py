@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fairnas.config_error import ConfigError
@@ -105,6 +106,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.trainer.max_steps = _path_budget(cfg, system)
     loggers, artifact_loggers = build_loggers((cfg.get("logger") or {}).values(), instantiate)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins over the group
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     batch_size = getattr(datamodule, "batch_size", None)
     summary = run_summary(choices, space.num_layers, space.num_choices, batch_size, 1, identity)
     callbacks.append(LogRunConfig(redact(OmegaConf.to_container(cfg, resolve=True)), summary, batch_size))

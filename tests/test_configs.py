@@ -91,3 +91,12 @@ def test_the_slurm_launcher_composes_with_one_task_per_device():
     assert launcher.max_num_timeout == 0 and launcher.signal_delay_s > 0  # Lightning requeues, submitit does not
     assert launcher.additional_parameters.requeue is True
     assert cfg.ckpt_path == "last"
+
+
+def test_users_add_config_folders_through_the_search_path(tmp_path):
+    mine = tmp_path / "my_conf" / "search_space"
+    mine.mkdir(parents=True)
+    text = (ROOT / "conf" / "search_space" / "fairnas_mini.yaml").read_text()
+    (mine / "my_space.yaml").write_text(text.replace("name: fairnas_mini", "name: my_space"))
+    cfg = cfg_with(tmp_path, f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "search_space=my_space")
+    assert instantiate(cfg.search_space).name == "my_space"
