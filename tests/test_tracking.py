@@ -99,7 +99,7 @@ def wandb_sweep(tmp_path_factory):
     """The headline use: a sampler sweep in W&B (offline), two jobs, one path budget, model artifacts."""
     sweep = tmp_path_factory.mktemp("sweep")
     proc = run_entry(
-        "train.py", "-m", "sampler=sf,ef", *SMALL, "max_paths=12", "logger=[wandb,csv]", "logger.wandb.log_model=true",
+        "train.py", "-m", "sampler=sf,ef", *SMALL, "max_paths=12", "logger=[wandb,csv,tensorboard]", "logger.wandb.log_model=true",
         "tags=[study]", f"hydra.sweep.dir={sweep}", timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -127,9 +127,10 @@ def test_each_sweep_job_is_its_own_wandb_run_with_the_whole_config(wandb_sweep):
         assert run.exit_code == 0
         assert [a["type"] for a in run.artifacts] == ["model"]  # log_model under offline: an artifact
         assert "last.ckpt" in run.artifacts[0]["files"]
-    # Lightning's CSV hparams hold the same whole config.
-    hparams = yaml.safe_load((jobs[1] / "csv" / "hparams.yaml").read_text())
-    assert hparams["run"]["sampler"] == "ef" and hparams["optimizer"]["lr"] == 0.2
+    # Lightning's CSV and TensorBoard hparams hold the same whole config.
+    for kind in ("csv", "tensorboard"):
+        hparams = yaml.safe_load((jobs[1] / kind / "hparams.yaml").read_text())
+        assert hparams["run"]["sampler"] == "ef" and hparams["optimizer"]["lr"] == 0.2
 
 
 def test_a_path_budget_sweep_trains_sf_and_ef_equally(wandb_sweep):
