@@ -246,3 +246,31 @@ def test_ckpt_path_last_refuses_a_directory_holding_two_runs(tmp_path):
         (tmp_path / "checkpoints" / name).write_bytes(b"")
     with pytest.raises(ConfigError, match=r"more than one run \(last.ckpt, last-v1.ckpt\)"):
         train._resume_path("last", tmp_path)
+
+
+def test_two_runs_never_share_a_run_directory(tmp_path: Path):
+    args = ["dataset=synthetic", "dataset.batch_size=16", "dataset.num_train=4096", "trainer.limit_val_batches=1",
+            "logger=none", "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, "trainer.max_steps=100000", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    last, config = tmp_path / "checkpoints" / "last.ckpt", tmp_path / ".hydra" / "config.yaml"
+    deadline = time.time() + 300
+    while first.poll() is None and time.time() < deadline and not last.exists():
+        time.sleep(0.1)
+    assert last.exists() and first.poll() is None, "the first run should be training"
+    assert f"pid {first.pid}" in (tmp_path / ".run.lock").read_text()
+    recorded = config.read_bytes()
+    second = run_entry("train.py", *args, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}")
+    assert second.returncode == 2 and f"is in use by another run (pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr and config.read_bytes() == recorded  # nothing of the first overwritten
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 128 + signal.SIGTERM
+    step = ckpt(last)["global_step"]
+    fresh = run_entry("train.py", *args, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}")  # the lock is free now
+    assert fresh.returncode == 2 and "already holds another run's checkpoints (checkpoints/last.ckpt" in fresh.stderr
+    assert "ckpt_path=last" in fresh.stderr and config.read_bytes() == recorded and ckpt(last)["global_step"] == step
+    more = run_entry("train.py", *args, f"trainer.max_steps={step + 1}", "ckpt_path=last", f"hydra.run.dir={tmp_path}")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert results(tmp_path)["global_step"] == step + 1
