@@ -31,6 +31,7 @@ from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.search.checkpoint import load_checkpoint
 from fairnas.system import resolve_strategy
 from fairnas.system.ddp import isolated_distributed_run
+from fairnas.system.resume import nothing_to_train
 from fairnas.tracking import (
     LogRunConfig,
     build_loggers,
@@ -68,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = _resume_path(cfg.ckpt_path, out_dir)
     if ckpt_path is not None:
         _check_resumable(ckpt_path, metadata)
+        _check_trains_something(ckpt_path, cfg.trainer)
     optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.scheduler)
     if arch is None:
         supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
@@ -168,6 +170,13 @@ def _resume_path(ckpt_path: str | None, out_dir: Path) -> str | None:
     ``checkpoints/last.ckpt`` or a SLURM requeue's ``hpc_ckpt_<n>.ckpt``), or a fresh start if none."""
     if ckpt_path != "last":
         return ckpt_path
+    others = sorted((out_dir / "checkpoints").glob("last-v*.ckpt"))
+    if others:  # Lightning's name for the last checkpoint of a second run started in the same directory
+        raise ConfigError(
+            f"ckpt_path=last: {out_dir} holds the last checkpoints of more than one run ("
+            f"{', '.join(p.name for p in [out_dir / 'checkpoints' / 'last.ckpt', *others] if p.is_file())}): "
+            "give the one to continue as ckpt_path=<file>"
+        )
     found = [p for p in [out_dir / "checkpoints" / "last.ckpt", *out_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
     if not found:
         log.info("ckpt_path=last: no checkpoint in %s yet, starting from scratch", out_dir)
@@ -175,6 +184,16 @@ def _resume_path(ckpt_path: str | None, out_dir: Path) -> str | None:
     newest = max(found, key=lambda p: p.stat().st_mtime_ns)
     log.info("ckpt_path=last: resuming from %s", newest)
     return str(newest)
+
+
+def _check_trains_something(path: str, trainer: DictConfig) -> None:
+    """Refuses a resume whose trainer limits the checkpoint has already reached."""
+    reason = nothing_to_train(load_checkpoint(path), trainer.get("max_steps"), trainer.get("max_epochs"))
+    if reason is not None:
+        raise ConfigError(
+            f"continuing {path} would train nothing: {reason}. Raise trainer.max_steps or trainer.max_epochs "
+            "to train further (the checkpoint and results of that run are left as they are)"
+        )
 
 
 def _check_resumable(path: str, metadata: dict[str, Any]) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -62,3 +65,43 @@ def run_entry(
         text=True,
         timeout=timeout,
     )
+
+
+def compose_train(output_dir: Path, *overrides: str):
+    """The train.py config for ``overrides``, writing to ``output_dir``: for in-process ``train.train(cfg)``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+class SigtermAt(pl.Callback):
+    """Test callback: the process sends itself SIGTERM after training step ``step`` (as a scheduler would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Preempted(Exception):
+    """Raised by :class:`PreemptedAt`."""
+
+
+class PreemptedAt(pl.Callback):
+    """Test callback: after training step ``step``, writes what Lightning's SLURM handler writes
+    (``hpc_ckpt_1.ckpt`` in the run directory), then stops the run as a pre-emption would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(Path(trainer.default_root_dir) / "hpc_ckpt_1.ckpt")
+            raise Preempted(f"pre-empted after step {self.step}")

@@ -1,9 +1,10 @@
 """Exact resume: a run resumed from any checkpoint ends bit-identical to the run that was never stopped.
 
 On CPU with a fixed seed: weights, BN statistics, block-usage counts, optimizer (momentum) and
-scheduler state, global step and the final metrics. Covers an end-of-epoch checkpoint, a
-mid-epoch step checkpoint (the data order must continue where it stopped), augmentation and
-dropout (their random streams must continue too), and a run killed with SIGKILL.
+scheduler state, global step and the final metrics. Covers every kind of checkpoint (end of epoch,
+end of training, a max_steps stop, a step checkpoint, SIGTERM, a SLURM hpc checkpoint, SIGKILL),
+with and without trainer.limit_train_batches, supernet and stand-alone runs, augmentation and
+dropout (their random streams must continue too).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_entry
+from conftest import ROOT, Preempted, compose_train, run_entry
+
+import train
+from fairnas.config_error import ConfigError
 
 # 4 steps per epoch, 2 epochs; augmentation and dropout on, so their random streams matter.
 COMMON = [
@@ -87,7 +91,9 @@ def test_a_resumed_run_ends_identical_to_the_uninterrupted_one(straight: Path, t
     assert ckpt(start)["global_step"] == step
     proc = run_entry("train.py", *COMMON, *EVERY_STEP, f"ckpt_path={start}", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "not resumable" not in proc.stderr  # Lightning's mid-epoch warning: our data order resumes
+    # the resumed run continues the data where the checkpoint stopped (4 batches an epoch)
+    where = f"epoch {step // 4} after batch {step % 4}" if step % 4 else f"the start of epoch {step // 4}"
+    assert f"resuming at step {step}: {where}" in (tmp_path / "train.log").read_text()
     for later in range(step + 1, 9):  # every step after the resume, not only the last
         assert_same_state(
             straight / "checkpoints" / f"step{later}.ckpt", tmp_path / "checkpoints" / f"step{later}.ckpt"
@@ -131,3 +137,140 @@ def test_ckpt_path_last_starts_fresh_then_resumes_the_same_run_directory(tmp_pat
     assert again.returncode == 0, again.stderr[-3000:]
     assert results(tmp_path)["global_step"] == 6
     assert "resuming from" in (tmp_path / "train.log").read_text()
+
+
+# In-process runs on tiny data (8x8 images, 4 batches of 64 an epoch, 2 epochs), one per kind of
+# checkpoint. A constant learning rate: the schedule must not depend on how long each piece runs.
+SMALL = [
+    "dataset=synthetic", "dataset.num_train=256", "dataset.num_val=64", "dataset.batch_size=64",
+    "search_space.input_size=8", "dataset.augment=crop_flip", "search_space.head.dropout=0.2",
+    "scheduler.min_lr_ratio=1.0", "trainer.max_epochs=2", "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    "system.val_archs=1", "system.val_bn_batches=1", "logger=none",
+]  # fmt: skip
+
+# name: (overrides, batches an epoch, every_n_train_steps landing mid-epoch and never on an epoch end)
+LIMITS = {"full-epochs": ([], 4, 3), "limit_train_batches=3": (["trainer.limit_train_batches=3"], 3, 2)}
+KINDS = ["end-of-epoch", "end-of-training", "max_steps", "step", "sigterm", "hpc"]
+
+
+def fit(run: Path, *overrides: str) -> dict:
+    return train.train(compose_train(run, *SMALL, *overrides))
+
+
+@pytest.fixture(scope="module", params=list(LIMITS))
+def reference(request, tmp_path_factory) -> dict:
+    """The uninterrupted run; it also keeps an end-of-epoch and a mid-epoch step checkpoint."""
+    overrides, per_epoch, every = LIMITS[request.param]
+    run = tmp_path_factory.mktemp("reference")
+    steps = "+callbacks.steps."  # a second ModelCheckpoint, saving after training step `every`
+    fit(run, *overrides, "callbacks.model_checkpoint.save_top_k=-1", f"{steps}dirpath={run / 'steps'}",
+        f"{steps}_target_=pytorch_lightning.callbacks.ModelCheckpoint", f"{steps}every_n_train_steps={every}",
+        f"{steps}save_top_k=-1")  # fmt: skip
+    assert results(run)["global_step"] == 2 * per_epoch
+    return {"run": run, "overrides": overrides, "per_epoch": per_epoch, "every": every}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_run_continued_from_any_kind_of_checkpoint_is_the_uninterrupted_run(reference: dict, kind: str, tmp_path):
+    ref, overrides = reference["run"], reference["overrides"]
+    first, continued = tmp_path / "first", tmp_path / "continued"
+    if kind == "end-of-epoch":  # ModelCheckpoint at the end of epoch 0 (after its validation)
+        start = ref / "checkpoints" / f"step{reference['per_epoch']}.ckpt"
+    elif kind == "step":  # every_n_train_steps, mid-epoch
+        start = next((ref / "steps").glob(f"*step={reference['every']}.ckpt"))
+    elif kind == "end-of-training":  # the default last.ckpt of a run of max_epochs=1
+        fit(first, *overrides, "trainer.max_epochs=1")
+        start = first / "checkpoints" / "last.ckpt"
+    elif kind == "max_steps":  # stopped mid-epoch by max_steps, extended in its own directory
+        fit(first, *overrides, "trainer.max_steps=2")
+        start, continued = "last", first
+    elif kind == "sigterm":  # SaveOnInterrupt's last.ckpt, mid-epoch
+        with pytest.raises(SystemExit) as stop:
+            fit(first, *overrides, "+callbacks.sigterm._target_=conftest.SigtermAt", "+callbacks.sigterm.step=2")
+        assert stop.value.code == 128 + signal.SIGTERM
+        start = first / "checkpoints" / "last.ckpt"
+    else:  # a SLURM pre-emption: hpc_ckpt_1.ckpt at step 2, newer than last.ckpt of step 1
+        with pytest.raises(Preempted):
+            fit(first, *overrides, "callbacks.model_checkpoint.every_n_train_steps=1",
+                "+callbacks.preempt._target_=conftest.PreemptedAt", "+callbacks.preempt.step=2")  # fmt: skip
+        assert ckpt(first / "checkpoints" / "last.ckpt")["global_step"] == 1
+        assert train._resume_path("last", first) == str(first / "hpc_ckpt_1.ckpt")
+        start, continued = "last", first
+    # continued as a requeued job or an extension would be: to the same total step count (2 epochs)
+    done = fit(continued, *overrides, f"ckpt_path='{start}'", f"trainer.max_steps={2 * reference['per_epoch']}")
+    assert done["global_step"] == 2 * reference["per_epoch"] and "train/loss" in results(continued)
+    assert_same_state(ref / "checkpoints" / "last.ckpt", continued / "checkpoints" / "last.ckpt")
+    assert torch.equal(
+        ckpt(ref / "checkpoints" / "last.ckpt")["state_dict"]["block_usage"],
+        ckpt(continued / "checkpoints" / "last.ckpt")["state_dict"]["block_usage"],
+    )
+
+
+@pytest.mark.parametrize("limit", list(LIMITS))
+def test_a_standalone_run_continues_exactly(limit: str, tmp_path):
+    overrides = [*LIMITS[limit][0], "arch=largest"]
+    fit(tmp_path / "straight", *overrides)
+    fit(tmp_path / "first", *overrides, "trainer.max_steps=2")
+    fit(tmp_path / "first", *overrides, "ckpt_path=last")
+    last = Path("checkpoints") / "last.ckpt"
+    assert_same_state(tmp_path / "straight" / last, tmp_path / "first" / last)
+
+
+def test_a_continuation_that_would_train_nothing_says_so(tmp_path):
+    fit(tmp_path, "trainer.max_steps=2")
+    before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes(), (tmp_path / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match="would train nothing: it is at step 2 and trainer.max_steps=2"):
+        fit(tmp_path, "trainer.max_steps=2", "ckpt_path=last")
+    fit(tmp_path / "one", "trainer.max_epochs=1")
+    with pytest.raises(ConfigError, match="would train nothing: it has finished 1 epoch and trainer.max_epochs=1"):
+        fit(tmp_path / "more", "trainer.max_epochs=1", f"ckpt_path={tmp_path / 'one' / 'checkpoints' / 'last.ckpt'}")
+    assert ((tmp_path / "checkpoints" / "last.ckpt").read_bytes(), (tmp_path / "results.json").read_bytes()) == before
+    assert not (tmp_path / "more" / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warned"), [("scheduler.min_lr_ratio=1.0", False), ("scheduler.min_lr_ratio=0.0", True)]
+)
+def test_extending_a_run_warns_when_its_lr_schedule_changes(schedule: str, warned: bool, tmp_path, caplog):
+    fit(tmp_path, schedule, "trainer.max_steps=2")
+    with caplog.at_level("WARNING", logger="fairnas"):
+        fit(tmp_path, schedule, "trainer.max_steps=4", "ckpt_path=last")
+    message = "the LR schedule now spans 4 optimizer steps, the run resumed at step 2 planned 2"
+    assert (message in caplog.text) is warned
+
+
+def test_ckpt_path_last_refuses_a_directory_holding_two_runs(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("last.ckpt", "last-v1.ckpt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"more than one run \(last.ckpt, last-v1.ckpt\)"):
+        train._resume_path("last", tmp_path)
+
+
+def test_two_runs_never_share_a_run_directory(tmp_path: Path):
+    args = ["dataset=synthetic", "dataset.batch_size=16", "dataset.num_train=4096", "trainer.limit_val_batches=1",
+            "logger=none", "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, "trainer.max_steps=100000", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    last, config = tmp_path / "checkpoints" / "last.ckpt", tmp_path / ".hydra" / "config.yaml"
+    deadline = time.time() + 300
+    while first.poll() is None and time.time() < deadline and not last.exists():
+        time.sleep(0.1)
+    assert last.exists() and first.poll() is None, "the first run should be training"
+    assert f"pid {first.pid}" in (tmp_path / ".run.lock").read_text()
+    recorded = config.read_bytes()
+    second = run_entry("train.py", *args, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}")
+    assert second.returncode == 2 and f"is in use by another run (pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr and config.read_bytes() == recorded  # nothing of the first overwritten
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 128 + signal.SIGTERM
+    step = ckpt(last)["global_step"]
+    fresh = run_entry("train.py", *args, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}")  # the lock is free now
+    assert fresh.returncode == 2 and "already holds another run's checkpoints (checkpoints/last.ckpt" in fresh.stderr
+    assert "ckpt_path=last" in fresh.stderr and config.read_bytes() == recorded and ckpt(last)["global_step"] == step
+    more = run_entry("train.py", *args, f"trainer.max_steps={step + 1}", "ckpt_path=last", f"hydra.run.dir={tmp_path}")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert results(tmp_path)["global_step"] == step + 1

@@ -258,3 +258,36 @@ def test_a_search_killed_mid_way_resumes_without_evaluating_anything_twice(super
     assert len(archs) == len(set(archs))  # nothing evaluated twice
     assert archs[: len(before)] == before  # the records written before the kill are intact
     assert results["num_evaluated"] == 40 and results["new_evaluations"] == len(archs) - len(before)
+
+
+def test_two_searches_never_share_a_run_directory(supernet_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    out = tmp_path / "search"
+    args = [f"ckpt_path={supernet_run / 'checkpoints' / 'last.ckpt'}", "strategy=random", "strategy.num_samples=5000",
+            "strategy.batch_size=1", "evaluator.bn_batches=1", f"hydra.run.dir={out}"]  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "search.py"), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    cache = out / "evaluations.jsonl"
+    deadline = time.time() + 300
+    while (
+        first.poll() is None and time.time() < deadline and not (cache.exists() and cache.read_text().count("\n") > 2)
+    ):
+        time.sleep(0.05)
+    assert first.poll() is None, "the first search should be running"
+    second = run_entry("search.py", *args[:-1], "strategy.num_samples=2", f"hydra.run.dir={out}")
+    header = cache.read_text().splitlines()[0]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert second.returncode == 2 and f"is in use by another run (pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert not (out / "results.json").exists() and not (out / "evaluated.csv").exists()  # the second wrote nothing
+    assert cache.read_text().splitlines()[0] == header

@@ -27,6 +27,7 @@ __all__ = [
     "STREAM_SPLIT",
     "STREAM_SYNTHETIC",
     "SplitDataModule",
+    "data_position",
     "Splits",
     "derive_seed",
     "resolve_val_size",
@@ -94,6 +95,28 @@ def split_indices(n: int, val_size: int | float, seed: int) -> tuple[torch.Tenso
     generator = torch.Generator().manual_seed(derive_seed(seed, STREAM_SPLIT))
     perm = torch.randperm(n, generator=generator)
     return perm[n_val:], perm[:n_val]
+
+
+def data_position(
+    epochs_started: int, epochs_completed: int, batches_trained: int, epoch_ended: bool
+) -> tuple[int, int]:
+    """The next batch to train, as ``(epoch, batches of that epoch already trained)``, from a training loop's counters.
+
+    Args:
+        epochs_started: Epochs the loop has started (the one in progress included).
+        epochs_completed: Epochs the loop counts as completed.
+        batches_trained: Batches trained in the latest started epoch.
+        epoch_ended: Whether that epoch's data ran out (its last batch was trained). An epoch cut
+            short by ``max_steps`` did not end: its remaining batches come next.
+
+    Returns:
+        ``(epoch, batches)`` with ``batches`` < the epoch's length; ``(e, 0)`` is the start of epoch ``e``.
+    """
+    if epochs_started == 0:
+        return int(epochs_completed), 0
+    if epoch_ended:
+        return int(epochs_started), 0
+    return int(epochs_started) - 1, int(batches_trained)
 
 
 def _validate_val_size(val_size: int | float) -> None:
@@ -275,25 +298,30 @@ class SplitDataModule(pl.LightningDataModule):
             )
         sampler = EpochShuffleSampler(dataset, self.seed)
         if self._resume_state is not None:
-            sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches"] * self.batch_size)
+            epoch, batches = self._resume_state["epoch"], self._resume_state["batches"]
+            # The epoch is set now, not only by Lightning's set_epoch: loader workers draw their first
+            # indices when the iterator is created, before Lightning calls set_epoch.
+            sampler.set_epoch(epoch)
+            sampler.resume_at(epoch, batches * self.batch_size)
             self._resume_state = None
         return self._loader(dataset, self.batch_size, shuffle=False, drop_last=True, sampler=sampler)
 
     # ----------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, int]:
-        """Where training is in the data: the epoch and the batches of it already trained.
+        """Where training is in the data: the next batch to train, as ``(epoch, batches of it already trained)``.
 
-        Lightning stores this in every checkpoint; :meth:`load_state_dict` makes a resumed
-        run's first epoch skip those batches, so it sees exactly the batches an uninterrupted
-        run would (single device; under DDP Lightning's own sampler restarts the epoch).
+        Lightning stores this in every checkpoint, whichever hook writes it (after a step, at the end
+        of an epoch or of training, at a ``max_steps`` stop); :meth:`load_state_dict` makes a resumed
+        run start there and skip those batches, so it sees exactly the batches an uninterrupted run
+        would (single device; under DDP Lightning's own sampler restarts a half-done epoch).
         """
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return {}
-        return {
-            "epoch": int(trainer.current_epoch),
-            "batches": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed),
-        }
+        fit_loop = trainer.fit_loop
+        epochs, batches = fit_loop.epoch_progress.current, fit_loop.epoch_loop.batch_progress
+        epoch, done = data_position(epochs.started, epochs.completed, batches.current.processed, batches.is_last_batch)
+        return {"epoch": epoch, "batches": done}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume_state = dict(state_dict) if state_dict else None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
 def param_groups(module: nn.Module, weight_decay_bn_bias: bool) -> list[dict]:
@@ -41,3 +43,31 @@ def cosine_with_warmup(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def schedule_difference(
+    optimizer: Callable[..., Optimizer],
+    scheduler: Callable[..., LRScheduler],
+    horizon: int,
+    other_horizon: int,
+    steps: int,
+    limit: int = 20_000,
+) -> tuple[int, float, float] | None:
+    """The first of the first ``steps`` optimizer steps (at most ``limit``) whose learning rate differs between
+    the schedule planned over ``horizon`` steps and over ``other_horizon`` steps: ``(step, lr, other lr)``, or None.
+
+    Steps both schedules on a one-parameter probe optimizer, so any scheduler factory
+    ``scheduler(optimizer, total_steps=...)`` can be compared.
+    """
+    runs = []
+    for total in (horizon, other_horizon):
+        probe = optimizer([nn.Parameter(torch.zeros(1))])
+        runs.append((probe, scheduler(probe, total_steps=total)))
+    for step in range(min(steps, limit)):
+        lrs = [probe.param_groups[0]["lr"] for probe, _ in runs]
+        if lrs[0] != lrs[1]:
+            return step, lrs[0], lrs[1]
+        for probe, sched in runs:
+            probe.step()  # no gradient: nothing changes, but the scheduler sees a step was taken
+            sched.step()
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ from fairnas.data.base import derive_seed
 from fairnas.models import ChildNet, Supernet, layout
 from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
 from fairnas.samplers import PathSampler
-from fairnas.system.optim import param_groups
+from fairnas.system.optim import param_groups, schedule_difference
+from fairnas.system.resume import align_loop_state
+
+log = logging.getLogger("fairnas")
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
@@ -87,13 +91,43 @@ class _ClassifierSystem(pl.LightningModule):
         self.last_validated_step = -1
         self._bn_buffers: list[Tensor] | None = None  # BN running statistics, found on first use
         self._bn_backup: list[Tensor] = []
+        self.schedule_horizon: int | None = None  # optimizer steps the LR schedule spans (checkpointed)
+        self._resumed: tuple[int, int | None] | None = None  # (step, schedule horizon) of the checkpoint resumed
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(param_groups(self, self.weight_decay_bn_bias))
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.total_updates())
+        self.schedule_horizon = self.total_updates()
+        if self._resumed is not None:
+            self._check_schedule_horizon(*self._resumed)
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.schedule_horizon)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _check_schedule_horizon(self, step: int, saved: int | None) -> None:
+        """Warns when a resumed run plans its LR schedule over another number of steps than the run it continues
+        and that changes the learning rates of the steps already trained (cosine does, a constant schedule not)."""
+        if saved is None or saved == self.schedule_horizon or not step or not self.trainer.is_global_zero:
+            return
+        factories = self.optimizer_factory, self.scheduler_factory
+        changed = schedule_difference(*factories, saved, self.schedule_horizon, step)
+        if changed is not None:
+            at, old, new = changed
+            log.warning(
+                "the LR schedule now spans %d optimizer steps, the run resumed at step %d planned %d: the steps "
+                "already trained followed the old plan (step %d: lr %.6g, the new plan %.6g) and the rest follows the "
+                "new one, so this run differs from one trained for %d steps from the start. For an exact extension "
+                "use a schedule that does not depend on the run length (scheduler.min_lr_ratio=1.0, no warm-up).",
+                self.schedule_horizon, step, saved, at, old, new, self.schedule_horizon,
+            )  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Before Lightning restores its loops: every kind of checkpoint continues where it really stopped.
+        epoch, batches = align_loop_state(checkpoint)
+        step = int(checkpoint.get("global_step", 0))
+        self._resumed = (step, (checkpoint.get("fairnas_schedule") or {}).get("horizon"))
+        where = f"epoch {epoch} after batch {batches}" if batches else f"the start of epoch {epoch}"
+        log.info("resuming at step %d: %s", step, where)
 
     def total_updates(self) -> int:
         """Optimizer steps of the whole run (the horizon of the schedule)."""
@@ -193,6 +227,7 @@ class _ClassifierSystem(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fairnas"] = self.metadata
+        checkpoint["fairnas_schedule"] = {"horizon": self.schedule_horizon}
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # torch's global generator drives dropout (every other draw uses an owned generator). Seeding
