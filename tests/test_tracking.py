@@ -99,8 +99,8 @@ def wandb_sweep(tmp_path_factory):
     """The headline use: a sampler sweep in W&B (offline), two jobs, one path budget, model artifacts."""
     sweep = tmp_path_factory.mktemp("sweep")
     proc = run_entry(
-        "train.py", "-m", "sampler=sf,ef", *SMALL, "max_paths=12", "logger=[wandb,csv,tensorboard]", "logger.wandb.log_model=true",
-        "tags=[study]", f"hydra.sweep.dir={sweep}", timeout=600,
+        "train.py", "-m", "sampler=sf,ef", *SMALL, "max_paths=12", "logger=[wandb,csv,tensorboard]",
+        "logger.wandb.log_model=true", "tags=[study]", f"hydra.sweep.dir={sweep}", timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already in progress" not in proc.stderr + proc.stdout
