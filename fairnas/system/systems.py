@@ -81,7 +81,7 @@ class _ClassifierSystem(pl.LightningModule):
         self.label_smoothing = label_smoothing
         self.grad_clip = grad_clip
         self.weight_decay_bn_bias = weight_decay_bn_bias
-        # Plain data that lets later stages (search, analysis) rebuild the run from the checkpoint.
+        # The run record (plain data) that lets later stages (search, analysis, resume) rebuild and check the run.
         self.metadata = dict(metadata or {})
         self.updates_per_batch = 1
         self.last_validated_step = -1
@@ -240,7 +240,8 @@ class SupernetSystem(_ClassifierSystem):
             running statistics, which mix all paths and misjudge single ones.
         path_check_every: Under DDP, check every this many steps that all ranks drew the same
             paths (0 disables).
-        metadata: Plain data stored in checkpoints under ``"fairnas"``.
+        metadata: The run record (:meth:`fairnas.run_record.RunRecord.to_dict`), stored in checkpoints under
+            ``"fairnas"``.
     """
 
     def __init__(
