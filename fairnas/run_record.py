@@ -292,15 +292,15 @@ def from_train_config(
 
     dataset = _settings(container(cfg.dataset), "dataset")
     batch_size = dataset.pop("batch_size")
-    trainer = container(cfg.trainer)
+    trainer = {k: cfg.trainer.get(k) for k in ("max_steps", "max_epochs", "precision")}  # not all of it resolves
     system = cfg.system if arch is None else cfg.standalone
     recipe = Recipe(
         optimizer=component("optimizer", cfg.optimizer),
         scheduler=component("scheduler", cfg.get("scheduler")),
         system=_settings(container(system), "system"),
-        max_steps=int(trainer.get("max_steps", -1)),
+        max_steps=-1 if trainer["max_steps"] is None else int(trainer["max_steps"]),
         max_epochs=None if trainer.get("max_epochs") is None else int(trainer["max_epochs"]),
-        precision=str(trainer.get("precision")),
+        precision=str(trainer["precision"]),
     )
     return RunRecord(
         search_space=space.to_dict(),
@@ -398,10 +398,13 @@ def resume_record(
     if refused:
         lines = "\n".join(f"  {key}: {_show(old)} -> {_show(new)}" for key, old, new in refused)
         allowable = [k for k, _, _ in refused if not _allowed(k, NEVER_ALLOWED)]
-        allowable = [k for k in allowable if not _allowed(k, [a for a in allowable if a != k])]  # sampler covers sampler.*
+        allowable = [
+            k for k in allowable if not _allowed(k, [a for a in allowable if a != k])
+        ]  # sampler covers sampler.*
         hint = ""
         if allowable:
-            hint = f" To continue with a change on purpose, allow it: resume_allow=[{','.join([*allow, *allowable])}]."
+            keep = [a for a in allow if not _allowed(a, NEVER_ALLOWED)]
+            hint = f" To continue with a change on purpose, allow it: resume_allow=[{','.join([*keep, *allowable])}]."
         if len(allowable) < len(refused):
             hint += (
                 " The optimizer and scheduler cannot change on resume (the checkpoint's optimizer state would "
