@@ -178,8 +178,8 @@ class _ClassifierSystem(pl.LightningModule):
         self.trainer.save_checkpoint(path, weights_only=False)  # the state before this update: still finite
         raise NonFiniteLossError(
             f"the loss or a gradient became NaN/inf at step {step}; the last good state is saved in {path} "
-            "(resume with ckpt_path=...). Lower optimizer.lr, keep system.grad_clip on, or set "
-            "system.nonfinite=skip to skip such updates instead."
+            "(resume from it with ckpt_path=... and system.nonfinite=skip to skip such updates), or start a new "
+            "run with a lower optimizer.lr and system.grad_clip on (a resume keeps the saved optimizer state)."
         )
 
     def _inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
