@@ -291,7 +291,9 @@ def from_train_config(
         return Component(str(node.get("_target_", "")), _settings(node, name))
 
     dataset = _settings(container(cfg.dataset), "dataset")
-    batch_size = dataset.pop("batch_size")
+    batch_size = dataset.pop("batch_size", getattr(datamodule, "batch_size", None))
+    if batch_size is None:
+        raise ConfigError("dataset.batch_size is not set: a run record needs the training batch size")
     trainer = {k: cfg.trainer.get(k) for k in ("max_steps", "max_epochs", "precision")}  # not all of it resolves
     system = cfg.system if arch is None else cfg.standalone
     recipe = Recipe(
