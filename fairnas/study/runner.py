@@ -130,7 +130,8 @@ def run_jobs(
         Counts: ``skipped`` (already finished), ``ran``.
 
     Raises:
-        ConfigError: ``parallel`` or ``threads_per_job`` is not positive.
+        ConfigError: ``parallel`` or ``threads_per_job`` is not positive, or a job's run directory
+            holds a run of another recipe (``job.json``); nothing runs then.
         JobFailed: One or more jobs exited with a non-zero status.
     """
     if parallel < 1 or (threads_per_job is not None and threads_per_job < 1):
