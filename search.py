@@ -26,6 +26,7 @@ from tqdm import tqdm
 from fairnas.config_error import ConfigError
 from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel
+from fairnas.run_record import RunRecord, select_overrides
 from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator, load_supernet
 from fairnas.search.checkpoint import file_digest
 from fairnas.search.outputs import records_csv, write_outputs
@@ -39,24 +40,26 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
     device = _device(cfg.device)
-    supernet, meta = load_supernet(cfg.ckpt_path)
+    supernet, record = load_supernet(cfg.ckpt_path)
     supernet.to(device)
     space = supernet.space
     ev = cfg.evaluator
-    if cfg.get("dataset") is not None:  # dataset=<name> on the command line
+    if cfg.get("dataset") is not None:  # dataset=<name> on the command line: the user's own config
         with open_dict(cfg):
-            cfg.search_space = meta["search_space"]  # for ${search_space.*} in dataset configs
-            if not any(o.startswith("dataset.seed=") for o in HydraConfig.get().overrides.task):
-                cfg.dataset.seed = meta["seed"]  # the split the supernet was trained with, not the strategy seed
+            cfg.search_space = record.space_shape()  # for ${search_space.*} in dataset configs
+            if not select_overrides(HydraConfig.get().overrides.task, ["dataset.seed"]):
+                cfg.dataset.seed = record.seed  # the split the supernet was trained with, not the strategy seed
         dataset_info = OmegaConf.to_container(cfg.dataset, resolve=True)
-    else:
-        dataset_info = dict(meta["dataset"])
-    dataset_info["eval_batch_size"] = ev.batch_size
-    datamodule = instantiate(dataset_info)
-    if (datamodule.num_classes, datamodule.in_channels) != (meta["num_classes"], meta["in_channels"]):
+        dataset_info["eval_batch_size"] = ev.batch_size
+        datamodule = instantiate(dataset_info)
+    else:  # the checkpoint's dataset, by name from fairnas's registry (or allow_datasets), never a _target_
+        allow = list(cfg.get("allow_datasets") or [])
+        dataset_info = record.data.config(allow, eval_batch_size=ev.batch_size)
+        datamodule = record.data.build(allow, eval_batch_size=ev.batch_size)
+    if (datamodule.num_classes, datamodule.in_channels) != (record.num_classes, record.in_channels):
         raise ConfigError(
             f"the dataset has {datamodule.num_classes} classes and {datamodule.in_channels} channels but the "
-            f"supernet was trained for {meta['num_classes']} and {meta['in_channels']}: search it on data of that shape"
+            f"supernet was trained for {record.num_classes} and {record.in_channels}: search it on data of that shape"
         )
     datamodule.setup("fit")
     calibration = DeviceBatches(
@@ -89,7 +92,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     records = [{**evaluator.result(a), "blocks": " ".join(space.describe_arch(a))} for a in archs]
     named = {name: evaluator.result(a) for name, a in space.archs.items()}
 
-    retrain = " ".join(["python train.py", *(shlex.quote(o) for o in _retrain_overrides(cfg, meta, space.name))])
+    retrain = " ".join(["python train.py", *(shlex.quote(o) for o in _retrain_overrides(cfg, record))])
     limits = {k: strategy_limit(cfg.strategy, k) for k in ("max_madds", "max_params", "max_latency_ms")}
     objectives = list(cfg.strategy.get("objectives", ["madds"]))
     front, figure = write_outputs(out_dir, records, objectives, limits, retrain, named, f"{space.name}: {strategy!r}")
@@ -114,15 +117,12 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def _retrain_overrides(cfg: DictConfig, meta: dict[str, Any], space: str) -> list[str]:
+def _retrain_overrides(cfg: DictConfig, record: RunRecord) -> list[str]:
     """The overrides that trained the supernet's data, or those of a dataset chosen for the search."""
-    overrides = meta.get("retrain_overrides") or [f"search_space={space}"]
     if cfg.get("dataset") is None:
-        return overrides
+        return record.retrain_args()
     hc = HydraConfig.get()
-    kept = [o for o in overrides if not o.startswith(("dataset", "+dataset"))]
-    chosen = [f"dataset={hc.runtime.choices['dataset']}"]
-    return kept + chosen + [o for o in hc.overrides.task if o.startswith(("dataset.", "+dataset."))]
+    return record.retrain_args(hc.runtime.choices["dataset"], hc.overrides.task)
 
 
 def _device(name: str) -> torch.device:

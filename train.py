@@ -28,7 +28,8 @@ from fairnas.config_error import ConfigError
 from fairnas.data.base import SplitDataModule
 from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
-from fairnas.search.checkpoint import load_checkpoint
+from fairnas.run_record import ALLOW_ON_RESUME, RunRecord, from_train_config, resume_record, training_overrides
+from fairnas.search.checkpoint import load_checkpoint, read_record
 from fairnas.system import resolve_strategy
 from fairnas.system.ddp import isolated_distributed_run
 from fairnas.system.resume import nothing_to_train
@@ -56,20 +57,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     space: SearchSpace = instantiate(cfg.search_space)
     datamodule = instantiate(cfg.dataset)
     arch = None if cfg.arch is None else space.parse_arch(_plain(cfg.arch))
-    metadata = {
-        "search_space": space.to_dict(),
-        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-        "seed": cfg.seed,
-        "num_classes": datamodule.num_classes,
-        "in_channels": datamodule.in_channels,
-        "arch": None if arch is None else space.format_arch(arch),
-        # How to train an architecture of this space on this data from scratch (search.py prints it).
-        "retrain_overrides": _retrain_overrides(),
-    }
+    record = from_train_config(
+        cfg, space=space, datamodule=datamodule, arch=None if arch is None else space.format_arch(arch),
+        retrain=_retrain_overrides(),
+    )  # fmt: skip
     ckpt_path = _resume_path(cfg.ckpt_path, out_dir)
     if ckpt_path is not None:
-        _check_resumable(ckpt_path, metadata)
+        record = _check_resumable(ckpt_path, record, cfg.get("resume_allow", ALLOW_ON_RESUME))
         _check_trains_something(ckpt_path, cfg.trainer)
+    metadata = record.to_dict()  # what every checkpoint stores under "fairnas"
     optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.scheduler)
     if arch is None:
         supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
@@ -196,29 +192,17 @@ def _check_trains_something(path: str, trainer: DictConfig) -> None:
         )
 
 
-def _check_resumable(path: str, metadata: dict[str, Any]) -> None:
-    """Refuses, before any training, a checkpoint of another space or kind of run."""
-    saved = load_checkpoint(path)["fairnas"]
-    if saved.get("search_space") != metadata["search_space"]:
-        name = (saved.get("search_space") or {}).get("name")
-        raise ConfigError(
-            f"{path} was trained with search space {name!r} (or other settings of it), not "
-            f"{metadata['search_space']['name']!r} as configured: resume with the same search_space and overrides"
-        )
-    if saved.get("arch") != metadata["arch"]:
-        raise ConfigError(
-            f"{path} is from a run with arch={saved.get('arch')}, this one has arch={metadata['arch']}: "
-            "resume with the same arch (or none, for a supernet)"
-        )
+def _check_resumable(path: str, record: RunRecord, allow: Any) -> RunRecord:
+    """Refuses, before any training, a checkpoint of another space, kind of run or training recipe;
+    returns the record to continue with (the saved provenance, this resume added to its history)."""
+    return resume_record(read_record(load_checkpoint(path), path), record, path, allow)
 
 
 def _retrain_overrides() -> list[str]:
     if not HydraConfig.initialized():
         return []
     hc = HydraConfig.get()
-    picked = [f"{group}={hc.runtime.choices[group]}" for group in ("search_space", "dataset")]
-    fields = ("dataset.", "+dataset.", "search_space.", "+search_space.", "seed=")
-    return picked + [o for o in hc.overrides.task if o.startswith(fields)]
+    return training_overrides(hc.runtime.choices, hc.overrides.task)
 
 
 def _choices() -> dict[str, str]:

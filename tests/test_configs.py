@@ -10,7 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from fairnas.data.registry import dataset_name
 from fairnas.models import SearchSpace
+from fairnas.run_record import DataSpec
 from fairnas.samplers import PathSampler
 
 GROUPS = {
@@ -66,8 +68,13 @@ def test_datasets(tmp_path, name):
                 (tmp_path / split / cls).mkdir(parents=True)
                 for i in range(3):
                     Image.new("RGB", (12, 12), (i * 40, 0, 0)).save(tmp_path / split / cls / f"{i}.png")
-    dm = instantiate(cfg_with(tmp_path, f"dataset={name}", *root).dataset)
+    cfg = cfg_with(tmp_path, f"dataset={name}", *root)
+    dm = instantiate(cfg.dataset)
     assert dm.num_classes > 0 and dm.in_channels in (1, 3) and dm.image_size > 0
+    # A checkpoint names it by the config's name, and the registry builds it back from its settings.
+    assert dataset_name(type(dm)) == name
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k != "_target_"}
+    assert type(DataSpec(name, settings.pop("batch_size"), settings).build()) is type(dm)
 
 
 def test_trainer_and_callbacks(tmp_path):

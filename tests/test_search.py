@@ -213,6 +213,29 @@ def test_search_py_with_another_dataset_keeps_the_training_split_and_checks_its_
     assert proc.returncode == 2 and "the dataset has 3 classes" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("schema", ["current", "schema-0"])
+def test_search_py_builds_nothing_a_checkpoint_names(supernet_run, tmp_path, schema):
+    """A crafted checkpoint of plain data and tensors (it passes weights_only) hides objects to build
+    in its dataset settings: search.py runs none of them and says why, with exit code 2."""
+    marker = tmp_path / "pwned"
+    evil = {"_target_": "os.makedirs", "_args_": [str(marker)]}
+    ckpt = torch.load(supernet_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    record = ckpt["fairnas"]
+    if schema == "current":
+        record["data"]["params"]["augment"] = evil
+    else:  # the metadata dict of checkpoints written before run records, the dataset's _target_ in it
+        dataset = {"_target_": "fairnas.data.SyntheticDataModule", "batch_size": 64, **record["data"]["params"]}
+        keys = ("search_space", "seed", "num_classes", "in_channels", "arch", "retrain_overrides")
+        ckpt["fairnas"] = {**{k: record[k] for k in keys}, "dataset": {**dataset, "augment": evil}}
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(ckpt, crafted)
+    proc = run_entry("search.py", f"ckpt_path={crafted}", "strategy=random", "strategy.num_samples=2",
+                     f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "CheckpointError" in proc.stderr and "params.augment._target_: keys starting with '_'" in proc.stderr
+    assert not marker.exists()
+
+
 def test_search_py_refuses_a_standalone_checkpoint(tmp_path):
     run = tmp_path / "child"
     assert run_entry(

@@ -85,6 +85,32 @@ def test_an_interrupted_training_job_resumes_from_its_last_checkpoint(tmp_path: 
     assert not any(a.startswith("ckpt_path=") for a in Job("search.py", tmp_path / "run").argv(sys.executable, ROOT))
 
 
+def test_a_study_rerun_with_another_recipe_is_refused_instead_of_reusing_the_old_runs(fake_root: Path):
+    (fake_root / "train.py").write_text(FAKE_TRAIN)
+    space = load_space("fairnas_mini")
+
+    def study(*overrides: str) -> RankingStudy:
+        return RankingStudy(str(fake_root / "study"), space, "fairnas_mini", train_overrides=overrides, sample_size=2,
+                            seeds=[0, 1], root=str(fake_root))  # fmt: skip
+
+    assert study("dataset=synthetic", "trainer.max_steps=4").ground_truth() == {"skipped": 0, "ran": 4}
+    runs = sorted((fake_root / "study" / "ground_truth").glob("*/seed*"))
+    recipe = json.loads((runs[0] / "job.json").read_text())
+    assert recipe["script"] == "train.py" and "trainer.max_steps=4" in recipe["overrides"]
+    stamps = {run: (run / "results.json").read_bytes() for run in runs}
+    with pytest.raises(ConfigError) as err:
+        study("dataset=synthetic", "trainer.max_steps=8").ground_truth()
+    assert "4 run(s) of this study were made with other settings than now" in str(err.value)
+    assert "removed ['trainer.max_steps=4'], added ['trainer.max_steps=8']" in str(err.value)
+    assert "study.out_dir=" in str(err.value)
+    assert {run: (run / "results.json").read_bytes() for run in runs} == stamps  # nothing rerun or reused
+    assert study("dataset=synthetic", "trainer.max_steps=4").ground_truth() == {"skipped": 4, "ran": 0}
+    # A finished run from before recipes were recorded is reused as it is (it cannot be checked).
+    (runs[0] / "job.json").unlink()
+    with pytest.raises(ConfigError, match="3 run"):
+        study("dataset=synthetic", "trainer.max_steps=8").ground_truth()
+
+
 def _fake_ground_truth(study: RankingStudy, accs: np.ndarray) -> None:
     """Writes the results.json files stand-alone runs would leave (accs: archs x seeds)."""
     for arch, row in zip(study.sample(), accs):

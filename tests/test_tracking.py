@@ -192,4 +192,3 @@ def test_fast_dev_run_is_a_plain_trainer_override(tmp_path):
     proc = run_entry("train.py", "trainer.fast_dev_run=true", *SMALL, f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text())["global_step"] == 1
-

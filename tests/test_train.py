@@ -259,6 +259,28 @@ def test_resume_refuses_a_checkpoint_of_another_run_kind(tmp_path, overrides, me
     assert (first / "checkpoints" / "last.ckpt").read_bytes() == before  # nothing on disk damaged
 
 
+def test_resume_refuses_other_training_settings_naming_each_difference(tmp_path):
+    first = tmp_path / "a"
+    common = ["dataset=synthetic", "dataset.batch_size=64", "trainer.limit_val_batches=1", "logger=none"]
+    assert run_entry("train.py", *common, "trainer.max_steps=1", f"hydra.run.dir={first}").returncode == 0
+    last = first / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    changed = ["optimizer._target_=torch.optim.Adam", "~optimizer.momentum", "~optimizer.nesterov", "sampler=ef",
+               "seed=1", "dataset.batch_size=32", "trainer.max_steps=2"]  # fmt: skip
+    proc = run_entry("train.py", *common, *changed, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for line in [
+        "optimizer: 'torch.optim.SGD' -> 'torch.optim.Adam'",  # was KeyError: 'step' mid-resume
+        "optimizer.momentum: 0.9 -> (unset)",
+        "sampler: 'fairnas.samplers.StrictFairSampler' -> 'fairnas.samplers.UniformSampler'",
+        "seed: 0 -> 1",
+        "dataset.batch_size: 64 -> 32",
+    ]:
+        assert f"\n  {line}\n" in proc.stderr, line
+    assert "trainer.max_steps" not in proc.stderr.split("(saved -> now)")[1].split("Resume with")[0]  # allowed
+    assert last.read_bytes() == before and not (tmp_path / "b" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -2,7 +2,8 @@
 
 Checkpoints are loaded with ``weights_only=True``: only tensors and plain data can come out of
 them, never code. Everything needed to rebuild the supernet (search space, data shape, dataset,
-seed) is stored by the training system under ``checkpoint["fairnas"]``.
+seed) is the run record (:class:`fairnas.run_record.RunRecord`) the training system stores under
+``checkpoint["fairnas"]``; it is validated field by field, and nothing it names is instantiated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 
 import torch
 
-from fairnas.models import SearchSpace, Supernet
+from fairnas.models import Supernet
+from fairnas.models.space import ArchitectureError, SearchSpaceError
+from fairnas.run_record import RunRecord, RunRecordError
 
 
 class CheckpointError(ValueError):
@@ -45,23 +48,45 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "fairnas" not in ckpt:
         raise CheckpointError(f"{path} is not a fairnas checkpoint (no 'fairnas' metadata): train it with train.py")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a fairnas checkpoint (its state_dict is not a mapping of tensors)")
     return ckpt
 
 
-def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
-    """The trained supernet (on the CPU, eval mode) and the run metadata of a training checkpoint."""
-    ckpt = load_checkpoint(path)
-    meta = ckpt["fairnas"]
-    if meta.get("arch"):
+def read_record(ckpt: dict[str, Any], path: str | Path) -> RunRecord:
+    """The validated run record of a checkpoint loaded by :func:`load_checkpoint`."""
+    try:
+        return RunRecord.from_dict(ckpt["fairnas"])
+    except RunRecordError as err:
         raise CheckpointError(
-            f"{path} holds a stand-alone network (arch={meta['arch']}), not a supernet: search needs a supernet "
+            f"{path} holds an invalid run record ({err}). It was not written by fairnas train.py or was altered; "
+            "nothing it names was built or run"
+        ) from None
+
+
+def load_record(path: str | Path) -> RunRecord:
+    """The validated run record of the checkpoint at ``path``."""
+    return read_record(load_checkpoint(path), path)
+
+
+def load_supernet(path: str | Path) -> tuple[Supernet, RunRecord]:
+    """The trained supernet (on the CPU, eval mode) and the run record of a training checkpoint."""
+    ckpt = load_checkpoint(path)
+    record = read_record(ckpt, path)
+    if record.arch:
+        raise CheckpointError(
+            f"{path} holds a stand-alone network (arch={record.arch}), not a supernet: search needs a supernet "
             "checkpoint (train.py without arch=...)"
         )
-    space = SearchSpace.create(**meta["search_space"])
-    supernet = Supernet(space, meta["num_classes"], meta["in_channels"])
+    try:
+        space = record.space()
+    except (RunRecordError, SearchSpaceError, ArchitectureError) as err:
+        raise CheckpointError(f"{path} holds an invalid run record ({err})") from None
+    supernet = Supernet(space, record.num_classes, record.in_channels)
     state = {k.removeprefix("supernet."): v for k, v in ckpt["state_dict"].items() if k.startswith("supernet.")}
     try:
         supernet.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not match its own search space {space.name!r}: {err}") from None
-    return supernet.eval(), meta
+    return supernet.eval(), record

@@ -70,6 +70,8 @@ class RankingStudy:
         probe: Train and score only the first ``probe`` architectures of the ground truth's seeded
             order (a spread subset): a cheap ceiling measurement for choosing the design
             (epochs, seeds) before the whole ground truth is paid for. The report needs ``null``.
+        allow_datasets: Datamodule classes from outside fairnas (import paths) that the supernets'
+            checkpoints may name; passed on to every ``search.py`` run (see ``conf/search.yaml``).
         parallel: Runs at a time.
         threads_per_job: CPU threads of each run (``OMP_NUM_THREADS``; null leaves it to torch).
         python: Interpreter of the runs (default: this one).
@@ -98,6 +100,7 @@ class RankingStudy:
         top_k: Sequence[int] = (5, 10),
         min_ceiling: float | None = None,
         probe: int | None = None,
+        allow_datasets: Sequence[str] = (),
         parallel: int = 1,
         threads_per_job: int | None = None,
         python: str | None = None,
@@ -126,6 +129,7 @@ class RankingStudy:
         if probe is not None and int(probe) < 2:
             raise ConfigError(f"probe: a ceiling needs at least 2 architectures, got {probe}")
         self.probe = None if probe is None else int(probe)
+        self.allow_datasets = [str(a) for a in allow_datasets]
         self._archs: list[str] | None = None
         self._ceiling: dict[str, Any] | None = None  # the last ceiling computed by this object
         self._run = {"parallel": int(parallel), "threads_per_job": threads_per_job, "python": python, "root": root}
@@ -260,6 +264,8 @@ class RankingStudy:
         jobs = []
         for name in self.supernet_runs:
             base = (f"ckpt_path={self.supernet_checkpoint(name)}", "logger=none", *self.search_overrides)
+            if self.allow_datasets:
+                base += (f"allow_datasets=[{','.join(self.allow_datasets)}]",)
             own = [
                 Job(
                     "search.py",
@@ -367,19 +373,18 @@ class RankingStudy:
     def _similarity(self) -> dict[str, dict[int, np.ndarray]]:
         """Choice-block similarity of every searchable layer, per trained supernet and for an untrained one."""
         import torch
-        from hydra.utils import instantiate
 
         from fairnas.analysis import block_similarity
         from fairnas.models import Supernet
         from fairnas.search import load_supernet
 
         nets: dict[str, Supernet] = {}
-        meta: dict[str, Any] = {}
         for name in self.supernet_runs:
-            nets[name], meta = load_supernet(self._checkpoint(name))
-        untrained = Supernet(self.space, meta["num_classes"], meta["in_channels"], seed=self.supernet_seed)
+            nets[name], record = load_supernet(self._checkpoint(name))
+        untrained = Supernet(self.space, record.num_classes, record.in_channels, seed=self.supernet_seed)
         nets = {"untrained": untrained, **nets}
-        datamodule = instantiate(meta["dataset"])
+        # By name from fairnas's registry (or allow_datasets), never by a _target_ read from the checkpoint.
+        datamodule = record.data.build(self.allow_datasets)
         datamodule.setup("fit")
         batches = []
         for batch in datamodule.val_dataloader():

@@ -6,10 +6,17 @@ and each job's command line is appended to ``commands.sh`` in the study director
 logs only jobs not listed yet, without the ``ckpt_path`` of a resume). A job whose
 ``results.json`` exists is finished and skipped; one that stopped half-way with a
 ``checkpoints/last.ckpt`` is resumed from it (``ckpt_path=``), so a study can be run in pieces.
+
+A job's recipe (script and overrides) is fingerprinted in ``<run_dir>/job.json`` when it starts,
+as the search cache fingerprints its settings: a rerun whose job in the same directory has
+another recipe is refused before anything runs, instead of reusing (or resuming) a run made with
+the old one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shlex
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fairnas.config_error import ConfigError
+from fairnas.utils import write_json_atomic
 
 log = logging.getLogger("fairnas")
 
@@ -51,6 +59,34 @@ class Job:
     @property
     def done(self) -> bool:
         return (self.run_dir / "results.json").is_file()
+
+    @property
+    def recipe(self) -> dict[str, object]:
+        """What the run's results depend on: the script and its overrides, and their fingerprint."""
+        recipe: dict[str, object] = {"script": self.script, "overrides": list(self.overrides)}
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+        return {"fingerprint": digest, **recipe}
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.run_dir / "job.json"
+
+    def recipe_change(self) -> str | None:
+        """How the recipe recorded in ``run_dir`` differs from this job's, or None (same, or none recorded)."""
+        if not self.recipe_file.is_file():
+            return None
+        try:
+            saved = json.loads(self.recipe_file.read_text())
+            old_script, old = str(saved["script"]), [str(o) for o in saved["overrides"]]
+        except (ValueError, KeyError, TypeError) as err:
+            return f"{self.recipe_file} is unreadable ({type(err).__name__}: {err})"
+        new = list(self.overrides)
+        if (old_script, old) == (self.script, new):
+            return None
+        removed = [o for o in old if o not in new]
+        added = [o for o in new if o not in old]
+        what = f"script {old_script} -> {self.script}; " if old_script != self.script else ""
+        return f"{self.run_dir}: {what}removed {removed}, added {added}" + ("" if removed or added else " (reordered)")
 
     def argv(self, python: str, root: Path, *, resume: bool = True) -> list[str]:
         """The command line; with ``resume``, continuing from ``last.ckpt`` when the job is resumable and has one."""
@@ -94,13 +130,29 @@ def run_jobs(
         Counts: ``skipped`` (already finished), ``ran``.
 
     Raises:
-        ConfigError: ``parallel`` or ``threads_per_job`` is not positive.
+        ConfigError: ``parallel`` or ``threads_per_job`` is not positive, or a job's run directory
+            holds a run of another recipe (``job.json``); nothing runs then.
         JobFailed: One or more jobs exited with a non-zero status.
     """
     if parallel < 1 or (threads_per_job is not None and threads_per_job < 1):
         raise ConfigError(f"jobs and threads_per_job must be >= 1, got {parallel} and {threads_per_job}")
     root = Path(root).resolve()
     python = python or sys.executable
+    changed = [change for job in jobs if (change := job.recipe_change())]
+    if changed:
+        shown = "\n  ".join(changed[:5]) + (f"\n  ... and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ConfigError(
+            f"{len(changed)} run(s) of this study were made with other settings than now:\n  {shown}\n"
+            "A finished (or interrupted) run is reused only for the same recipe. Restore the settings it was "
+            "made with, give the changed study its own directory (study.out_dir=...), or move those run "
+            "directories aside to run them again"
+        )
+    unrecorded = [job for job in jobs if job.done and not job.recipe_file.is_file()]
+    if unrecorded:
+        log.warning(
+            "%d finished runs predate recipe fingerprints (no job.json, e.g. %s): reused without a check",
+            len(unrecorded), unrecorded[0].run_dir,
+        )  # fmt: skip
     todo = [job for job in jobs if not job.done]
     env = dict(os.environ)
     if threads_per_job is not None:
@@ -112,6 +164,7 @@ def run_jobs(
     def run(index_job: tuple[int, Job]) -> None:
         index, job = index_job
         job.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(job.recipe_file, job.recipe)
         argv = job.argv(python, root)
         start = time.time()
         log.info("[%d/%d] %s", index + 1, len(todo), _quote(argv))

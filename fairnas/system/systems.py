@@ -85,7 +85,7 @@ class _ClassifierSystem(pl.LightningModule):
         self.label_smoothing = label_smoothing
         self.grad_clip = grad_clip
         self.weight_decay_bn_bias = weight_decay_bn_bias
-        # Plain data that lets later stages (search, analysis) rebuild the run from the checkpoint.
+        # The run record (plain data) that lets later stages (search, analysis, resume) rebuild and check the run.
         self.metadata = dict(metadata or {})
         self.updates_per_batch = 1
         self.last_validated_step = -1
@@ -212,8 +212,8 @@ class _ClassifierSystem(pl.LightningModule):
         self.trainer.save_checkpoint(path, weights_only=False)  # the state before this update: still finite
         raise NonFiniteLossError(
             f"the loss or a gradient became NaN/inf at step {step}; the last good state is saved in {path} "
-            "(resume with ckpt_path=...). Lower optimizer.lr, keep system.grad_clip on, or set "
-            "system.nonfinite=skip to skip such updates instead."
+            "(resume from it with ckpt_path=... and system.nonfinite=skip to skip such updates), or start a new "
+            "run with a lower optimizer.lr and system.grad_clip on (a resume keeps the saved optimizer state)."
         )
 
     def _inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -275,7 +275,8 @@ class SupernetSystem(_ClassifierSystem):
             running statistics, which mix all paths and misjudge single ones.
         path_check_every: Under DDP, check every this many steps that all ranks drew the same
             paths (0 disables).
-        metadata: Plain data stored in checkpoints under ``"fairnas"``.
+        metadata: The run record (:meth:`fairnas.run_record.RunRecord.to_dict`), stored in checkpoints under
+            ``"fairnas"``.
     """
 
     def __init__(
