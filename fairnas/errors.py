@@ -11,6 +11,7 @@ from fairnas.data.errors import DataError
 from fairnas.models.space import ArchitectureError, SearchSpaceError
 from fairnas.search.checkpoint import CheckpointError
 from fairnas.system.systems import NonFiniteLossError
+from fairnas.utils.io import StorageError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ArchitectureError,
@@ -21,6 +22,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     MissingMandatoryValue,
     NonFiniteLossError,
+    StorageError,  # a full disk or a read-only folder while writing a checkpoint, result or cache
     MisconfigurationException,  # Lightning's word for impossible Trainer settings (e.g. more devices than exist)
 )
 
