@@ -108,6 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "global_step": trainer.global_step,
         "epoch": trainer.current_epoch,
         "seed": cfg.seed,
+        "nonfinite_steps": int(system.nonfinite_steps),  # updates skipped for NaN/inf (system.nonfinite=skip)
         "world_size": trainer.world_size,
         "wall_time_s": round(time.time() - start, 2),
         "search_space": space.name,

@@ -258,3 +258,18 @@ def test_a_search_killed_mid_way_resumes_without_evaluating_anything_twice(super
     assert len(archs) == len(set(archs))  # nothing evaluated twice
     assert archs[: len(before)] == before  # the records written before the kill are intact
     assert results["num_evaluated"] == 40 and results["new_evaluations"] == len(archs) - len(before)
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_refused(tmp_path):
+    net = trained_supernet()
+    meta = {"search_space": net.space.to_dict(), "num_classes": 4, "in_channels": 3, "arch": None}
+    state = {f"supernet.{k}": v.clone() for k, v in net.state_dict().items()}
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": state, "fairnas": meta}, good)
+    assert load_supernet(good)[0].space == net.space
+    name = next(k for k in state if k.endswith("running_var"))
+    state[name][0] = float("inf")  # a diverged run's statistics
+    bad = tmp_path / "diverged.ckpt"
+    torch.save({"state_dict": state, "fairnas": meta}, bad)
+    with pytest.raises(CheckpointError, match=rf"holds NaN/inf in 1 weight or statistics tensors \({name[9:]}\)"):
+        load_supernet(bad)
