@@ -175,7 +175,9 @@ def test_search_py_end_to_end(supernet_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "evaluated.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and {"arch", "acc1", "madds", "params"} <= set(rows[0])
+    searched = [r for r in rows if r["searched"] == "True"]
+    assert len(searched) == 6 and {"arch", "name", "acc1", "madds", "params"} <= set(rows[0])
+    assert {r["name"] for r in rows if r["searched"] == "False"} <= {"smallest", "largest"}
     assert (out / "pareto.png").stat().st_size > 0 and (out / "pareto.csv").exists()
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["best"]["retrain"].startswith("python train.py search_space=fairnas_mini dataset=synthetic")
@@ -186,7 +188,9 @@ def test_search_py_end_to_end(supernet_run, tmp_path):
     events.Reload()
     assert "search/pareto" in events.Tags()["images"]
     results = json.loads((out / "results.json").read_text())
-    assert results["num_evaluated"] == 6 and results["new_evaluations"] == 6 + 2  # + the 2 named archs
+    assert results["num_searched"] == 6 and results["new_evaluations"] == results["num_evaluated"] == len(rows)
+    assert len(rows) == 6 + 2 - len({r["name"] for r in searched if r["name"]})  # + the named archs not drawn
+    assert "from the strategy + " in proc.stderr + proc.stdout
     # the same search again in the same directory evaluates nothing
     proc = run_entry("search.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -273,3 +277,41 @@ def test_a_checkpoint_with_nonfinite_weights_is_refused(tmp_path):
     torch.save({"state_dict": state, "fairnas": meta}, bad)
     with pytest.raises(CheckpointError, match=rf"holds NaN/inf in 1 weight or statistics tensors \({name[9:]}\)"):
         load_supernet(bad)
+
+
+def _record(arch, acc1, madds):
+    return {"arch": arch, "blocks": "b", "acc1": acc1, "loss": 1.0, "madds": madds, "params": madds / 10}
+
+
+def test_the_front_and_the_best_pick_cover_the_named_models(tmp_path):
+    from fairnas.search.outputs import with_named, write_outputs
+
+    searched = [_record("1-1", 0.40, 2e6), _record("2-2", 0.42, 3e6), _record("3-3", 0.30, 1e6)]
+    # 'smallest' dominates every searched point (as after a short Fashion-MNIST supernet); 'largest'
+    # is the most accurate but over the limit; 'mid' was also drawn by the strategy.
+    named = {"smallest": _record("0-0", 0.43, 0.4e6), "largest": _record("5-5", 0.9, 9e6), "mid": searched[1]}
+    records = with_named(searched, named)
+    assert [(r["arch"], r.get("name"), r["searched"]) for r in records] == [
+        ("1-1", None, True), ("2-2", "mid", True), ("3-3", None, True), ("0-0", "smallest", False),
+        ("5-5", "largest", False),
+    ]  # fmt: skip
+    front, _ = write_outputs(tmp_path, records, ["madds"], {"max_madds": 5e6}, "python train.py", named)
+    assert [records[i]["arch"] for i in front] == ["0-0"]
+    with open(tmp_path / "pareto.csv") as f:
+        assert [(r["arch"], r["name"]) for r in csv.DictReader(f)] == [("0-0", "smallest")]
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["best"]["arch"] == "0-0" and best["best"]["name"] == "smallest"
+    assert best["covers"] == "all 5 evaluated architectures (3 of them named models of the space) within the limits"
+    with open(tmp_path / "evaluated.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5  # the one over the limit is still listed (and plotted)
+
+
+def test_a_list_search_that_nothing_meets_is_one_clear_error(supernet_run, tmp_path):
+    out = tmp_path / "search"
+    proc = run_entry(
+        "search.py", f"ckpt_path={supernet_run / 'checkpoints' / 'last.ckpt'}", "strategy=list",
+        "strategy.archs=[5-5-5-5-5-5-5-5]", "strategy.max_madds=1", f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "none of the 1 architectures is within the limits (max_madds=1;" in proc.stderr
+    assert not any(out.glob("*.csv")) and not (out / "best.yaml").exists() and not (out / "pareto.png").exists()
