@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fairnas.config_error import ConfigError
-from fairnas.data.base import SplitDataModule
+from fairnas.data.base import SplitDataModule, check_seed
 from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.search.checkpoint import load_checkpoint
@@ -37,7 +37,7 @@ log = logging.getLogger("fairnas")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Builds everything from the config, trains, and returns (and writes) the results."""
     start = time.time()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pl.seed_everything(check_seed(cfg.seed), workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     space: SearchSpace = instantiate(cfg.search_space)
     datamodule = instantiate(cfg.dataset)

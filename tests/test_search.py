@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -105,25 +106,28 @@ def test_latency_is_measured_once_and_cached(tmp_path):
     assert ResultCache(tmp_path / "c.jsonl", {}).get("1-1-1")["latency_ms"] == costs["latency_ms"]
 
 
+COSTS = {"madds": 1e6, "params": 1e4}
+
+
 def test_cache_survives_a_torn_last_line(tmp_path):
     path = tmp_path / "evaluations.jsonl"
     cache = ResultCache(path, {})
-    cache.put("0-0-0", {"acc1": 0.5})
+    cache.put("0-0-0", {"acc1": 0.5, **COSTS})
     with open(path, "a") as f:
         f.write('{"arch": "1-1-1", "acc')  # a crash in the middle of a write
     with pytest.warns(UserWarning, match="torn last line"):
         resumed = ResultCache(path, {})
     assert resumed.get("0-0-0")["acc1"] == 0.5 and "1-1-1" not in resumed
-    resumed.put("1-1-1", {"acc1": 0.25})
+    resumed.put("1-1-1", {"acc1": 0.25, **COSTS})
     assert ResultCache(path, {}).get("1-1-1")["acc1"] == 0.25
 
 
 def test_cache_keeps_a_complete_record_whose_newline_was_lost(tmp_path):
     path = tmp_path / "evaluations.jsonl"
-    ResultCache(path, {}).put("0-0-0", {"acc1": 0.5})
+    ResultCache(path, {}).put("0-0-0", {"acc1": 0.5, **COSTS})
     path.write_text(path.read_text().rstrip("\n"))  # crash between the record and its newline
     resumed = ResultCache(path, {})
-    resumed.put("1-1-1", {"acc1": 0.25})
+    resumed.put("1-1-1", {"acc1": 0.25, **COSTS})
     again = ResultCache(path, {})
     assert again.get("0-0-0")["acc1"] == 0.5 and again.get("1-1-1")["acc1"] == 0.25
 
@@ -315,3 +319,36 @@ def test_a_list_search_that_nothing_meets_is_one_clear_error(supernet_run, tmp_p
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "none of the 1 architectures is within the limits (max_madds=1;" in proc.stderr
     assert not any(out.glob("*.csv")) and not (out / "best.yaml").exists() and not (out / "pareto.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"arch": "1-1-1", "acc1": 0.5, "params": 1e4}, "line 3: field 'madds' is missing"),
+        ({"arch": "1-1-1", "acc1": "high", **COSTS}, "line 3: field 'acc1' must be a number, got 'high'"),
+        ({"arch": 7, **COSTS}, "line 3: field 'arch' must be an architecture string, got 7"),
+        (["1-1-1"], "line 3: expected a JSON object, got list"),
+    ],
+)
+def test_a_cache_record_with_a_bad_field_is_one_clear_error(tmp_path, record, message):
+    path = tmp_path / "evaluations.jsonl"
+    ResultCache(path, {}).put("0-0-0", {"acc1": 0.5, **COSTS})
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")  # whole JSON, so not a torn write: an edited or foreign file
+    with open(path, "a") as f:
+        f.write(json.dumps({"arch": "2-2-2", "acc1": 0.1, **COSTS}) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=re.escape(f"{path}, {message}; the cache is corrupt")):
+        ResultCache(path, {})
+    assert path.read_bytes() == before
+
+
+def test_val_batches_0_names_the_setting():
+    net = trained_supernet()
+    dm = SyntheticDataModule(image_size=8, channels=3, num_classes=4, num_train=64, num_val=32, batch_size=8)
+    dm.setup("fit")
+    calib = DeviceBatches(dm.calibration_dataloader(2, seed=0), None, torch.device("cpu"))
+    for limit in (0, -1):
+        val = DeviceBatches(dm.val_dataloader(), limit, torch.device("cpu"))
+        with pytest.raises(ConfigError, match=rf"evaluator.val_batches={limit}: at least 1 validation batch"):
+            SupernetEvaluator(net, calib, val, CostModel.create(net.space))

@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
 from fairnas.config_error import ConfigError
-from fairnas.data.base import derive_seed
+from fairnas.data.base import check_seed, derive_seed
 from fairnas.models import ChildNet, Supernet, layout
 from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
 from fairnas.samplers import PathSampler
@@ -330,7 +330,7 @@ class SupernetSystem(_ClassifierSystem):
         self._saved_bn: BNStats | None = None
         self.updates_per_batch = sampler.updates_per_step
         space = supernet.space
-        rng = np.random.default_rng(val_seed)
+        rng = np.random.default_rng(check_seed(val_seed, "system.val_seed"))
         if val_archs < 0:
             raise ConfigError(f"system.val_archs must be 0 or more, got {val_archs}")
         self.eval_archs: list[tuple[int, ...]] = [
