@@ -137,7 +137,7 @@ def test_list_search_with_limits_no_listed_architecture_meets_says_so():
     toy = Toy()
     archs = toy.all_archs()[:5]
     smallest = min(toy.costs(a)["madds"] for a in archs)
-    with pytest.raises(ConfigError, match=rf"none of the 5 architectures is within the limits \(max_madds=0.5; "):
+    with pytest.raises(ConfigError, match=r"none of the 5 architectures is within the limits \(max_madds=0.5; "):
         ListSearch(archs=archs, max_madds=0.5).search(toy.problem())
     assert toy.progress == []  # refused before any accuracy was measured
     with pytest.raises(ConfigError, match=f"madds {smallest:g}"):
