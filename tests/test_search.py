@@ -352,3 +352,12 @@ def test_val_batches_0_names_the_setting():
         val = DeviceBatches(dm.val_dataloader(), limit, torch.device("cpu"))
         with pytest.raises(ConfigError, match=rf"evaluator.val_batches={limit}: at least 1 validation batch"):
             SupernetEvaluator(net, calib, val, CostModel.create(net.space))
+
+
+def test_search_py_with_val_batches_0_names_that_setting(supernet_run, tmp_path):
+    proc = run_entry(
+        "search.py", f"ckpt_path={supernet_run / 'checkpoints' / 'last.ckpt'}", "evaluator.val_batches=0",
+        f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "evaluator.val_batches=0: at least 1 validation batch" in proc.stderr
