@@ -29,7 +29,7 @@ from fairnas.models import CostModel
 from fairnas.run_record import RunRecord, select_overrides
 from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator, load_supernet
 from fairnas.search.checkpoint import file_digest
-from fairnas.search.outputs import records_csv, write_outputs
+from fairnas.search.outputs import best_of, records_csv, with_named, write_outputs
 from fairnas.tracking import finish_loggers, log_file_artifact, redact, run_identity, supernet_run_info
 from fairnas.utils import write_json_atomic
 
@@ -89,19 +89,23 @@ def search(cfg: DictConfig) -> dict[str, Any]:
             space.num_layers, space.num_choices, evaluator.costs, _progress(evaluator, bar), progress=None
         )
         archs = strategy.search(problem)
-    records = [{**evaluator.result(a), "blocks": " ".join(space.describe_arch(a))} for a in archs]
-    named = {name: evaluator.result(a) for name, a in space.archs.items()}
+    searched = [{**evaluator.result(a), "blocks": " ".join(space.describe_arch(a))} for a in archs]
+    named = {n: {**evaluator.result(a), "blocks": " ".join(space.describe_arch(a))} for n, a in space.archs.items()}
+    records = with_named(searched, named)  # the front and the best pick cover the named models too
 
     retrain = " ".join(["python train.py", *(shlex.quote(o) for o in _retrain_overrides(cfg, record))])
     limits = {k: strategy_limit(cfg.strategy, k) for k in ("max_madds", "max_params", "max_latency_ms")}
     objectives = list(cfg.strategy.get("objectives", ["madds"]))
+    best = best_of(records, limits)
+    if best is None:
+        raise ConfigError(f"no evaluated architecture is within the limits {limits}: relax strategy.max_*")
     front, figure = write_outputs(out_dir, records, objectives, limits, retrain, named, f"{space.name}: {strategy!r}")
-    best = max(records, key=lambda r: r["acc1"])
     results = {
         "strategy": type(strategy).__name__,
         "seed": cfg.seed,
         "search_space": space.name,
         "num_evaluated": len(records),
+        "num_searched": len(searched),  # proposed by the strategy; the rest are named models of the space
         "new_evaluations": evaluator.evaluations,
         "front_size": len(front),
         "search/best_acc1": best["acc1"],
@@ -112,7 +116,10 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomic(out_dir / "results.json", results)
     _log_to_loggers(cfg, records, figure, results, out_dir)
-    log.info("%d architectures (%d new); best %s acc %.4f; outputs in %s", len(records), evaluator.evaluations,
+    added = [r["name"] for r in records[len(searched) :]]
+    log.info("%d architectures: %d from the strategy + %d named models of the space not among them (%s); %d "
+             "evaluated now, %d read from the cache; best %s acc %.4f; outputs in %s", len(records), len(searched),
+             len(added), ", ".join(added) or "none", evaluator.evaluations, len(records) - evaluator.evaluations,
              best["arch"], best["acc1"], out_dir)  # fmt: skip
     return results
 

@@ -25,7 +25,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fairnas.config_error import ConfigError
-from fairnas.data.base import SplitDataModule
+from fairnas.data.base import SplitDataModule, check_seed
 from fairnas.errors import exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.run_record import ALLOW_ON_RESUME, RunRecord, from_train_config, resume_record, training_overrides
@@ -52,7 +52,7 @@ log = logging.getLogger("fairnas")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Builds everything from the config, trains, and returns (and writes) the results."""
     start = time.time()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pl.seed_everything(check_seed(cfg.seed), workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     space: SearchSpace = instantiate(cfg.search_space)
     datamodule = instantiate(cfg.dataset)
@@ -142,6 +142,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "global_step": trainer.global_step,
         "epoch": trainer.current_epoch,
         "seed": cfg.seed,
+        "nonfinite_steps": int(system.nonfinite_steps),  # updates skipped for NaN/inf (system.nonfinite=skip)
         "world_size": trainer.world_size,
         "wall_time_s": round(time.time() - start, 2),
         "search_space": space.name,

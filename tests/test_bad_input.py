@@ -121,3 +121,37 @@ def test_search_without_a_checkpoint_says_what_to_pass(tmp_path):
     assert_clean_failure(proc, "ckpt_path")
     proc = run_entry("search.py", f"ckpt_path={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}")
     assert_clean_failure(proc, "does not exist")
+
+
+@pytest.mark.parametrize("seed", ["-1"])  # the other values: test_check_seed, in-process
+def test_a_seed_outside_the_range_is_one_clear_error(tmp_path, seed):
+    proc = run_entry("train.py", *FAST, f"seed={seed}", f"hydra.run.dir={tmp_path}")
+    assert_clean_failure(proc, f"seed must be a whole number in 0..4294967295 (2**32-1), got {seed}")
+
+
+@pytest.mark.parametrize("check", ["true", "false"])
+def test_a_truncated_image_in_an_image_folder_is_named(tmp_path, check):
+    from PIL import Image
+
+    for c, cls in enumerate(("cat", "dog")):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (12, 12), (40 * c, 20 * i, 0)).save(tmp_path / "data" / cls / f"{i}.png")
+    bad = tmp_path / "data" / "dog" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:50])
+    proc = run_entry(
+        "train.py", "dataset=image_folder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=12",
+        "dataset.val_size=4", "dataset.batch_size=12", "dataset.num_workers=1", "dataset.augment=null",
+        f"dataset.check_images={check}", "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert_clean_failure(proc, f"image files cannot be decoded (truncated, or not images): {bad} (")
+
+
+def test_check_seed():
+    from fairnas.config_error import ConfigError
+    from fairnas.data.base import check_seed
+
+    assert check_seed(0) == 0 and check_seed(2**32 - 1) == 2**32 - 1 and check_seed(3.0) == 3
+    for bad in (-1, 2**32, 1.5, True, "x", None):
+        with pytest.raises(ConfigError, match=r"dataset.seed must be a whole number in 0\.\.4294967295"):
+            check_seed(bad, "dataset.seed")

@@ -470,3 +470,41 @@ def test_real_fashion_mnist() -> None:
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (128, 1, 28, 28) and int(y.max()) == 9
     assert abs(float(x.mean())) < 0.2 and 0.8 < float(x.std()) < 1.2
+
+
+def test_an_image_folder_with_one_class_is_refused(tmp_path: Path) -> None:
+    write_png_tree(tmp_path / "train", {"cat": 4})
+    with pytest.raises(DataError, match=r"train has 1 class folder \(cat\): classification needs at least 2"):
+        ImageFolderDataModule(str(tmp_path), num_workers=0)
+
+
+def _damage(tmp_path: Path) -> dict[str, Path]:
+    write_png_tree(tmp_path / "train", {"cat": 4, "dog": 4})
+    cat = sorted((tmp_path / "train" / "cat").iterdir())
+    truncated, text = cat[0], cat[1]
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    text.write_text("not an image")
+    return {"truncated": truncated, "text": text}
+
+
+def test_truncated_and_non_image_files_are_named_before_training(tmp_path: Path) -> None:
+    bad = _damage(tmp_path)
+    dm = ImageFolderDataModule(str(tmp_path), image_size=8, val_size=2, batch_size=2, num_workers=2)
+    with pytest.raises(DataError, match="2 of 8 image files cannot be decoded") as err:
+        dm.setup("fit")
+    assert str(bad["truncated"]) in str(err.value) and str(bad["text"]) in str(err.value)
+
+
+def test_without_the_check_a_bad_image_stops_with_its_path_when_loaded(tmp_path: Path) -> None:
+    from fairnas.errors import _without_worker_traceback
+
+    bad = _damage(tmp_path)
+    dm = ImageFolderDataModule(
+        str(tmp_path), image_size=8, val_size=2, batch_size=6, num_workers=1, check_images=False, augment=None
+    )
+    dm.setup("fit")  # nothing read yet
+    with pytest.raises(DataError) as err:  # raised in a worker, re-raised here with the worker's traceback
+        next(iter(dm.train_dataloader()))
+    message = _without_worker_traceback(str(err.value))
+    assert message.startswith("1 image files cannot be decoded") and "Traceback" not in message
+    assert str(bad["truncated"]) in message or str(bad["text"]) in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -105,25 +106,28 @@ def test_latency_is_measured_once_and_cached(tmp_path):
     assert ResultCache(tmp_path / "c.jsonl", {}).get("1-1-1")["latency_ms"] == costs["latency_ms"]
 
 
+COSTS = {"madds": 1e6, "params": 1e4}
+
+
 def test_cache_survives_a_torn_last_line(tmp_path):
     path = tmp_path / "evaluations.jsonl"
     cache = ResultCache(path, {})
-    cache.put("0-0-0", {"acc1": 0.5})
+    cache.put("0-0-0", {"acc1": 0.5, **COSTS})
     with open(path, "a") as f:
         f.write('{"arch": "1-1-1", "acc')  # a crash in the middle of a write
     with pytest.warns(UserWarning, match="torn last line"):
         resumed = ResultCache(path, {})
     assert resumed.get("0-0-0")["acc1"] == 0.5 and "1-1-1" not in resumed
-    resumed.put("1-1-1", {"acc1": 0.25})
+    resumed.put("1-1-1", {"acc1": 0.25, **COSTS})
     assert ResultCache(path, {}).get("1-1-1")["acc1"] == 0.25
 
 
 def test_cache_keeps_a_complete_record_whose_newline_was_lost(tmp_path):
     path = tmp_path / "evaluations.jsonl"
-    ResultCache(path, {}).put("0-0-0", {"acc1": 0.5})
+    ResultCache(path, {}).put("0-0-0", {"acc1": 0.5, **COSTS})
     path.write_text(path.read_text().rstrip("\n"))  # crash between the record and its newline
     resumed = ResultCache(path, {})
-    resumed.put("1-1-1", {"acc1": 0.25})
+    resumed.put("1-1-1", {"acc1": 0.25, **COSTS})
     again = ResultCache(path, {})
     assert again.get("0-0-0")["acc1"] == 0.5 and again.get("1-1-1")["acc1"] == 0.25
 
@@ -175,7 +179,9 @@ def test_search_py_end_to_end(supernet_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "evaluated.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and {"arch", "acc1", "madds", "params"} <= set(rows[0])
+    searched = [r for r in rows if r["searched"] == "True"]
+    assert len(searched) == 6 and {"arch", "name", "acc1", "madds", "params"} <= set(rows[0])
+    assert {r["name"] for r in rows if r["searched"] == "False"} <= {"smallest", "largest"}
     assert (out / "pareto.png").stat().st_size > 0 and (out / "pareto.csv").exists()
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["best"]["retrain"].startswith("python train.py search_space=fairnas_mini dataset=synthetic")
@@ -186,7 +192,9 @@ def test_search_py_end_to_end(supernet_run, tmp_path):
     events.Reload()
     assert "search/pareto" in events.Tags()["images"]
     results = json.loads((out / "results.json").read_text())
-    assert results["num_evaluated"] == 6 and results["new_evaluations"] == 6 + 2  # + the 2 named archs
+    assert results["num_searched"] == 6 and results["new_evaluations"] == results["num_evaluated"] == len(rows)
+    assert len(rows) == 6 + 2 - len({r["name"] for r in searched if r["name"]})  # + the named archs not drawn
+    assert "from the strategy + " in proc.stderr + proc.stdout
     # the same search again in the same directory evaluates nothing
     proc = run_entry("search.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -314,3 +322,98 @@ def test_two_searches_never_share_a_run_directory(supernet_run, tmp_path):
     assert "Traceback" not in second.stderr
     assert not (out / "results.json").exists() and not (out / "evaluated.csv").exists()  # the second wrote nothing
     assert cache.read_text().splitlines()[0] == header
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_refused(tmp_path):
+    net = trained_supernet()
+    meta = {"search_space": net.space.to_dict(), "num_classes": 4, "in_channels": 3, "arch": None}
+    state = {f"supernet.{k}": v.clone() for k, v in net.state_dict().items()}
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": state, "fairnas": meta}, good)
+    assert load_supernet(good)[0].space == net.space
+    name = next(k for k in state if k.endswith("running_var"))
+    state[name][0] = float("inf")  # a diverged run's statistics
+    bad = tmp_path / "diverged.ckpt"
+    torch.save({"state_dict": state, "fairnas": meta}, bad)
+    with pytest.raises(CheckpointError, match=rf"holds NaN/inf in 1 weight or statistics tensors \({name[9:]}\)"):
+        load_supernet(bad)
+
+
+def _record(arch, acc1, madds):
+    return {"arch": arch, "blocks": "b", "acc1": acc1, "loss": 1.0, "madds": madds, "params": madds / 10}
+
+
+def test_the_front_and_the_best_pick_cover_the_named_models(tmp_path):
+    from fairnas.search.outputs import with_named, write_outputs
+
+    searched = [_record("1-1", 0.40, 2e6), _record("2-2", 0.42, 3e6), _record("3-3", 0.30, 1e6)]
+    # 'smallest' dominates every searched point (as after a short Fashion-MNIST supernet); 'largest'
+    # is the most accurate but over the limit; 'mid' was also drawn by the strategy.
+    named = {"smallest": _record("0-0", 0.43, 0.4e6), "largest": _record("5-5", 0.9, 9e6), "mid": searched[1]}
+    records = with_named(searched, named)
+    assert [(r["arch"], r.get("name"), r["searched"]) for r in records] == [
+        ("1-1", None, True), ("2-2", "mid", True), ("3-3", None, True), ("0-0", "smallest", False),
+        ("5-5", "largest", False),
+    ]  # fmt: skip
+    front, _ = write_outputs(tmp_path, records, ["madds"], {"max_madds": 5e6}, "python train.py", named)
+    assert [records[i]["arch"] for i in front] == ["0-0"]
+    with open(tmp_path / "pareto.csv") as f:
+        assert [(r["arch"], r["name"]) for r in csv.DictReader(f)] == [("0-0", "smallest")]
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["best"]["arch"] == "0-0" and best["best"]["name"] == "smallest"
+    assert best["covers"] == "all 5 evaluated architectures (3 of them named models of the space) within the limits"
+    with open(tmp_path / "evaluated.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5  # the one over the limit is still listed (and plotted)
+
+
+def test_a_list_search_that_nothing_meets_is_one_clear_error(supernet_run, tmp_path):
+    out = tmp_path / "search"
+    proc = run_entry(
+        "search.py", f"ckpt_path={supernet_run / 'checkpoints' / 'last.ckpt'}", "strategy=list",
+        "strategy.archs=[5-5-5-5-5-5-5-5]", "strategy.max_madds=1", f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "none of the 1 architectures is within the limits (max_madds=1;" in proc.stderr
+    assert not any(out.glob("*.csv")) and not (out / "best.yaml").exists() and not (out / "pareto.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"arch": "1-1-1", "acc1": 0.5, "params": 1e4}, "line 3: field 'madds' is missing"),
+        ({"arch": "1-1-1", "acc1": "high", **COSTS}, "line 3: field 'acc1' must be a number, got 'high'"),
+        ({"arch": 7, **COSTS}, "line 3: field 'arch' must be an architecture string, got 7"),
+        (["1-1-1"], "line 3: expected a JSON object, got list"),
+    ],
+)
+def test_a_cache_record_with_a_bad_field_is_one_clear_error(tmp_path, record, message):
+    path = tmp_path / "evaluations.jsonl"
+    ResultCache(path, {}).put("0-0-0", {"acc1": 0.5, **COSTS})
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")  # whole JSON, so not a torn write: an edited or foreign file
+    with open(path, "a") as f:
+        f.write(json.dumps({"arch": "2-2-2", "acc1": 0.1, **COSTS}) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=re.escape(f"{path}, {message}; the cache is corrupt")):
+        ResultCache(path, {})
+    assert path.read_bytes() == before
+
+
+def test_val_batches_0_names_the_setting():
+    net = trained_supernet()
+    dm = SyntheticDataModule(image_size=8, channels=3, num_classes=4, num_train=64, num_val=32, batch_size=8)
+    dm.setup("fit")
+    calib = DeviceBatches(dm.calibration_dataloader(2, seed=0), None, torch.device("cpu"))
+    for limit in (0, -1):
+        val = DeviceBatches(dm.val_dataloader(), limit, torch.device("cpu"))
+        with pytest.raises(ConfigError, match=rf"evaluator.val_batches={limit}: at least 1 validation batch"):
+            SupernetEvaluator(net, calib, val, CostModel.create(net.space))
+
+
+def test_search_py_with_val_batches_0_names_that_setting(supernet_run, tmp_path):
+    proc = run_entry(
+        "search.py", f"ckpt_path={supernet_run / 'checkpoints' / 'last.ckpt'}", "evaluator.val_batches=0",
+        f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "evaluator.val_batches=0: at least 1 validation batch" in proc.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import load_space, tiny_space
 from omegaconf import OmegaConf
@@ -82,6 +84,7 @@ def test_arch_accepts_every_documented_form():
         (["ir_k3_e1", "ir_k9_e9", "skip"], "layer 1: block 'ir_k9_e9' is not a choice here"),
         ([0, 1.5, 0], "layer 1: choice 1.5 is out of range"),
         (None, "expected a string or a list"),
+        ([True, False, True], "layer 0: True is a boolean, not a choice index"),
     ],
 )
 def test_bad_architectures_get_one_clear_error(value, message):
@@ -114,3 +117,49 @@ def test_space_validation_errors():
         )
     with pytest.raises(SearchSpaceError, match="expected keys"):
         SearchSpace.create(**base, stages=[{"out": 8, "layer": 2}])
+
+
+def _tiny_fields(**changes):
+    fields = dict(
+        name="tiny", input_size=8, in_channels=3, num_classes=4, stem={"out": 4, "kernel": 3, "stride": 1},
+        choices=["ir_k3_e1", "ir_k3_e2", "skip"], head={"channels": 8, "dropout": 0.0},
+        stages=[{"out": 4, "layers": 2, "stride": 1}, {"out": 8, "layers": 1, "stride": 2, "choices": ["ir_k3_e2"]}],
+    )  # fmt: skip
+    for key, value in changes.items():
+        target, *path = key.split(".")
+        if not path:
+            fields[target] = value
+            continue
+        part = fields[target]
+        for p in path[:-1]:
+            part = part[int(p)] if isinstance(part, list) else part[p]
+        part[path[-1]] = value
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"stages.1.stride": 0}, "stages[1].stride must be a whole number >= 1, got 0"),
+        ({"stages.1.stride": -2}, "stages[1].stride must be a whole number >= 1, got -2"),
+        ({"stem.stride": 0}, "stem.stride must be a whole number >= 1"),
+        ({"head.dropout": 1.0}, "head.dropout is a probability in [0, 1), got 1.0"),
+        ({"head.dropout": -0.1}, "head.dropout is a probability in [0, 1), got -0.1"),
+        ({"stages.0.out": -4}, "stages[0].out must be a whole number >= 1, got -4"),
+        ({"stem.out": -4}, "stem.out must be a whole number >= 1, got -4"),
+        ({"head.channels": -8}, "head.channels must be a whole number >= 1, got -8"),
+        ({"num_classes": 1}, "num_classes must be a whole number >= 2, got 1"),
+        ({"stages.0.layers": -1}, "stages[0].layers must be a whole number >= 1, got -1"),
+        ({"stages.0.layers": True}, "stages[0].layers must be a whole number >= 1, got True"),
+        ({"stages.0.layers": 1.5}, "stages[0].layers must be a whole number >= 1, got 1.5"),
+        ({"stem.kernel": 4}, "stem.kernel must be odd (as block kernels are), got 4"),
+        ({"input_size": "big"}, "input_size must be a whole number >= 1, got 'big'"),
+    ],
+)
+def test_impossible_space_settings_are_refused(change, message):
+    with pytest.raises(SearchSpaceError, match=re.escape(message)):
+        SearchSpace.create(**_tiny_fields(**change))
+
+
+def test_the_space_fields_of_the_tests_build_a_space():
+    assert SearchSpace.create(**_tiny_fields()).num_layers == 2  # the baseline of the cases above is valid

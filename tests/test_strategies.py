@@ -133,6 +133,17 @@ def test_list_search_rejects_archs_of_another_space(arch):
         ListSearch(archs=[arch]).search(Toy().problem())
 
 
+def test_list_search_with_limits_no_listed_architecture_meets_says_so():
+    toy = Toy()
+    archs = toy.all_archs()[:5]
+    smallest = min(toy.costs(a)["madds"] for a in archs)
+    with pytest.raises(ConfigError, match=r"none of the 5 architectures is within the limits \(max_madds=0.5; "):
+        ListSearch(archs=archs, max_madds=0.5).search(toy.problem())
+    assert toy.progress == []  # refused before any accuracy was measured
+    with pytest.raises(ConfigError, match=f"madds {smallest:g}"):
+        ListSearch(archs=archs, max_madds=0.5).search(toy.problem())
+
+
 # ---------------------------------------------------------------- random search
 
 
@@ -342,6 +353,19 @@ def test_pareto_front_matches_the_definition(points, senses):
         return all(a >= b for a, b in zip(p, q)) and any(a > b for a, b in zip(p, q))
 
     expected = [i for i, q in enumerate(points) if not any(dominates(p, q) for p in points)]
+    assert pareto_front(points, senses) == expected
+
+
+@pytest.mark.parametrize(("n", "k", "ties"), [(3000, 2, False), (3000, 2, True), (1000, 3, True), (500, 4, False)])
+def test_pareto_front_is_the_pairwise_definition_on_large_sets(n, k, ties):
+    rng = np.random.default_rng(n + k)
+    points = rng.integers(0, 40, (n, k)).astype(float) if ties else rng.random((n, k))
+    points[1] = points[0]  # an exact duplicate
+    senses = ["max", *["min"] * (k - 1)]
+    gains = points * np.array([1.0 if s == "max" else -1.0 for s in senses])
+    expected = [
+        i for i, p in enumerate(gains) if not np.any(np.all(gains >= p, axis=1) & np.any(gains > p, axis=1))
+    ]  # the O(n^2) definition pareto_front used before
     assert pareto_front(points, senses) == expected
 
 

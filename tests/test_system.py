@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from functools import partial
 
 import numpy as np
@@ -310,3 +311,67 @@ def test_shared_norm_clipping_is_bit_identical_to_lightnings_clip(monkeypatch):
             precision="32-true")  # fmt: skip
         weights.append({n: p.detach().clone() for n, p in system.supernet.named_parameters()})
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
+def _poison_bn_at_batch(system, batch: int):
+    """From training batch ``batch`` on, every forward leaves an inf running variance in one BN layer while
+    the loss and the gradients stay finite (as with overflowing activations that BN normalises away)."""
+    bn = bn_layers([system.supernet])[0]
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        if module.training and system.trainer.fit_loop.batch_idx >= batch:
+            calls["n"] += 1
+            module.running_var.data.fill_(float("inf"))  # .data: not part of the autograd graph
+
+    bn.register_forward_hook(hook)
+    return calls
+
+
+def test_nonfinite_bn_statistics_with_finite_gradients_count_as_a_nonfinite_update():
+    system = make(lr=0.1, nonfinite="skip")
+    calls = _poison_bn_at_batch(system, batch=1)
+    with pytest.warns(UserWarning, match="a BatchNorm running statistic became NaN/inf at step 1: update skipped"):
+        trainer = fit(system, DataLoader(data(16), batch_size=8), max_epochs=1, limit_val_batches=0)
+    assert calls["n"] > 0 and int(system.nonfinite_steps) == 1 and trainer.global_step == 1
+    assert all(torch.isfinite(b).all() for b in system.supernet.buffers() if b.is_floating_point())
+
+
+def test_the_stop_policy_saves_only_a_finite_state_as_last_good(tmp_path):
+    from fairnas.system.systems import NonFiniteLossError
+
+    system = make(lr=0.1)
+    _poison_bn_at_batch(system, batch=1)
+    with pytest.raises(NonFiniteLossError, match="BatchNorm running statistic became NaN/inf at step 1"):
+        fit(system, DataLoader(data(16), batch_size=8), max_epochs=1, limit_val_batches=0, default_root_dir=tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "last_good.ckpt", weights_only=True)
+    assert saved["global_step"] == 1
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+    momentum = [t for s in saved["optimizer_states"][0]["state"].values() for t in s.values()]
+    assert all(torch.isfinite(t).all() for t in momentum if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def test_a_state_that_is_already_nonfinite_is_never_saved_as_good(tmp_path):
+    from fairnas.system.systems import NonFiniteLossError
+
+    system = make(lr=0.1)
+    name, var = next((n, b) for n, b in system.named_buffers() if n.endswith("running_var"))
+    var[0] = float("inf")  # e.g. from steps before this check existed, or from a resumed checkpoint
+    with pytest.raises(NonFiniteLossError, match=rf"not finite either \(1 tensors: {re.escape(name)}\)"):
+        fit(system, DataLoader(data(8), batch_size=8), max_epochs=1, limit_val_batches=0, default_root_dir=tmp_path)
+    assert not (tmp_path / "checkpoints" / "last_good.ckpt").exists()
+
+
+def test_nonfinite_state_names_weights_buffers_and_optimizer_state():
+    from fairnas.system.systems import nonfinite_state
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.randn(4, 2)).sum().backward()
+    optimizer.step()
+    assert nonfinite_state(net, optimizer) == []
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    net[1].running_var[1] = float("inf")
+    optimizer.state[net[0].bias]["momentum_buffer"][0] = float("-inf")
+    assert nonfinite_state(net, optimizer) == ["0.weight", "1.running_var", "optimizer.state[1].momentum_buffer"]

@@ -240,6 +240,18 @@ def test_a_diverging_run_stops_with_the_last_good_state_saved(tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
+def test_skipped_nonfinite_updates_are_counted_and_results_json_stays_valid_json(tmp_path):
+    proc = run_entry(
+        "train.py", "dataset=synthetic", "dataset.batch_size=64", "optimizer.lr=1e30", "trainer.max_steps=4",
+        "trainer.limit_val_batches=1", "system.val_bn_batches=1", "logger=none", "system.nonfinite=skip",
+        f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "results.json").read_text()
+    r = json.loads(text, parse_constant=lambda c: pytest.fail(f"results.json holds {c}, which is not JSON"))
+    assert r["nonfinite_steps"] >= 1 and r["train/loss"] is None  # NaN, written as JSON's null
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -17,8 +17,10 @@ class SaveOnInterrupt(Callback):
 
     Lightning turns SIGTERM into an exception at the next batch boundary (on every rank at once
     under DDP), so the state saved is that of a finished optimizer step. The file replaces
-    ``last.ckpt`` in the checkpoint folder, where ``ckpt_path=.../last.ckpt`` resumes it; Lightning
-    writes it through a temporary file, so an interruption during the save cannot corrupt it.
+    ``last.ckpt`` in the checkpoint folder, where ``ckpt_path=.../last.ckpt`` resumes it. With the
+    Trainer's :class:`~fairnas.utils.checkpoint_io.AtomicCheckpointIO` plugin (``conf/trainer/default.yaml``)
+    it is written to a temporary file beside it and renamed, so an interruption during the save
+    cannot corrupt it.
 
     Args:
         dirpath: Folder of the checkpoint (default: the ModelCheckpoint folder, else

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 
+from fairnas.config_error import ConfigError
 from fairnas.data.errors import DataError
 
 __all__ = [
@@ -26,9 +27,11 @@ __all__ = [
     "STREAM_SHUFFLE",
     "STREAM_SPLIT",
     "STREAM_SYNTHETIC",
+    "SEED_MAX",
     "SplitDataModule",
     "data_position",
     "Splits",
+    "check_seed",
     "derive_seed",
     "resolve_val_size",
     "split_indices",
@@ -43,11 +46,31 @@ STREAM_CALIBRATION = 3
 STREAM_SYNTHETIC = 4
 
 
+# User-facing seeds are what numpy's legacy seeding (used by Lightning's seed_everything) accepts.
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(value: Any, setting: str = "seed") -> int:
+    """A user-facing seed as an int in 0..2**32-1.
+
+    Raises:
+        ConfigError: naming ``setting``, for a negative, too large, fractional or non-numeric seed.
+    """
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and 0 <= int(value) <= SEED_MAX
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{setting} must be a whole number in 0..{SEED_MAX} (2**32-1), got {value!r}")
+    return int(value)
+
+
 def derive_seed(seed: int, *streams: int) -> int:
-    """Derive an independent 63-bit seed for one purpose from a user seed.
+    """Derive an independent 63-bit seed for one purpose from a seed.
 
     Args:
-        seed: The user-facing seed (any int, negative allowed).
+        seed: A seed (user-facing seeds are checked by :func:`check_seed`; internal ones, such as a
+            step or a worker seed, may be any int: it is taken modulo 2**64).
         *streams: Purpose identifiers (e.g. ``STREAM_SHUFFLE``, a rank, a worker seed).
 
     Returns:
@@ -240,8 +263,8 @@ class SplitDataModule(pl.LightningDataModule):
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
         self.val_size = val_size
-        self.seed = int(seed)
-        self.split_seed = self.seed if split_seed is None else int(split_seed)
+        self.seed = check_seed(seed, "dataset.seed")
+        self.split_seed = self.seed if split_seed is None else check_seed(split_seed, "dataset.split_seed")
         self.train_subset = None if train_subset is None else int(train_subset)
         self.num_workers = int(num_workers)
         self._resume_state: dict[str, int] | None = None

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from fairnas.data.base import SplitDataModule, Splits, split_indices
-from fairnas.data.errors import DataNotFoundError
+from fairnas.data.errors import DataError, DataNotFoundError
 from fairnas.data.memory import normalize_augment
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderDataModule", "ImageNetDataModule"]
@@ -55,7 +57,31 @@ class _FolderView(Dataset):
         if self.indices is not None:
             index = self.indices[index]
         path, target = self.folder.samples[index]
-        return self.transform(self.folder.loader(path)), target
+        try:
+            image = self.folder.loader(path)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, not an image, malformed
+            raise DataError(_unreadable_message([(path, e)])) from None
+        return self.transform(image), target
+
+
+def _check_image(path: str) -> BaseException | None:
+    """The error decoding ``path`` fully raises (None if it decodes). Reads the whole file."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes every pixel: a truncated file fails here, not only at training time
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return e
+    return None
+
+
+def _unreadable_message(bad: Sequence[tuple[str, BaseException]], total: int | None = None) -> str:
+    shown = "; ".join(f"{path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})" for path, e in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    of = f" of {total}" if total is not None else ""
+    return (
+        f"{len(bad)}{of} image files cannot be decoded (truncated, or not images): {shown}{more}. Remove or replace "
+        "them; dataset.check_images=true finds every such file before training starts."
+    )
 
 
 class ImageFolderDataModule(SplitDataModule):
@@ -77,11 +103,16 @@ class ImageFolderDataModule(SplitDataModule):
         val_size: Validation count, or fraction in (0, 1), held out from the training folder.
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation std.
+        check_images: Decode every image once at set-up (threads), and refuse the data, naming
+            the files, if any is truncated or not an image. Off: a bad file stops training when
+            it is first loaded, with the same message. A corrupt JPEG that PIL still decodes
+            (damaged bytes inside the image data) cannot be detected either way.
         **common: ``batch_size``, ``eval_batch_size``, ``seed``, ``augment``, ``train_subset``,
             ``num_workers`` (default 4).
 
     Raises:
         DataNotFoundError: If ``root`` is missing or has no class folders.
+        DataError: If the training folder has a single class, or (``check_images``) unreadable images.
     """
 
     def __init__(
@@ -99,6 +130,7 @@ class ImageFolderDataModule(SplitDataModule):
         num_workers: int = 4,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        check_images: bool = True,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -126,7 +158,13 @@ class ImageFolderDataModule(SplitDataModule):
             raise DataNotFoundError(
                 f"no class folders in {self.train_dir}: expected {self.train_dir}/<class_name>/<images>"
             ) from e
+        if len(self.classes) < 2:
+            raise DataError(
+                f"{self.train_dir} has {len(self.classes)} class folder ({', '.join(self.classes)}): classification "
+                f"needs at least 2, as {self.train_dir}/<class_name>/<images> (is dataset.root one level too deep?)"
+            )
         self.num_classes = len(self.classes)
+        self.check_images = bool(check_images)
         self.in_channels = 3
         self.image_size = int(image_size)
         self.augment = normalize_augment(augment)
@@ -158,9 +196,17 @@ class ImageFolderDataModule(SplitDataModule):
     # ----------------------------------------------------------------- splits
     def _scan(self, directory: Path, allow_empty: bool) -> ImageFolder:
         try:
-            return _ImageFolderWithClasses(directory, self.class_to_idx, allow_empty=allow_empty)
+            folder = _ImageFolderWithClasses(directory, self.class_to_idx, allow_empty=allow_empty)
         except FileNotFoundError as e:
             raise DataNotFoundError(f"no readable images under {directory}: {e}") from e
+        if self.check_images:
+            paths = [path for path, _ in folder.samples]
+            with ThreadPoolExecutor(max(1, self.num_workers)) as pool:  # PIL decodes without the GIL
+                errors = list(pool.map(_check_image, paths))
+            bad = [(path, e) for path, e in zip(paths, errors, strict=True) if e is not None]
+            if bad:
+                raise DataError(f"{directory}: " + _unreadable_message(bad, len(paths)))
+        return folder
 
     def _build_splits(self) -> Splits:
         self._train_folder = self._scan(self.train_dir, allow_empty=False)

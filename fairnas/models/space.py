@@ -36,6 +36,19 @@ class ArchitectureError(ValueError):
     """An architecture does not belong to its search space."""
 
 
+def _whole(where: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; booleans, fractions and text are refused, not coerced."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SearchSpaceError(f"{where} must be a whole number >= {minimum}, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise SearchSpaceError(f"{where} must be a whole number >= {minimum}, got {value!r}") from None
+    if number != float(value) or number < minimum:
+        raise SearchSpaceError(f"{where} must be a whole number >= {minimum}, got {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class BlockSpec:
     """One candidate block, parsed from the block grammar."""
@@ -154,9 +167,26 @@ class SearchSpace:
             raise SearchSpaceError(f"space {name!r}: unknown activation {activation!r}; use one of {ACTIVATIONS}")
         if "out" not in stem:
             raise SearchSpaceError(f"space {name!r}: the stem needs 'out' (its output channels)")
+        where = f"space {name!r}:"
+        stem_channels = _whole(f"{where} stem.out", stem["out"], 1)
+        stem_kernel = _whole(f"{where} stem.kernel", stem.get("kernel", 3), 1)
+        if stem_kernel % 2 == 0:
+            raise SearchSpaceError(f"{where} stem.kernel must be odd (as block kernels are), got {stem_kernel}")
+        stem_stride = _whole(f"{where} stem.stride", stem.get("stride", 1), 1)
+        head = dict(head or {})
+        head_channels = _whole(f"{where} head.channels", head["channels"], 1) if head.get("channels") else None
+        dropout = head.get("dropout", 0.0)
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+            raise SearchSpaceError(f"{where} head.dropout is a probability in [0, 1), got {dropout!r}")
+        sizes = {
+            "input_size": _whole(f"{where} input_size", input_size, 1),
+            "in_channels": _whole(f"{where} in_channels", in_channels, 1),
+            # One class cannot be classified: the loss is 0 and accuracy 100% whatever the weights.
+            "num_classes": _whole(f"{where} num_classes", num_classes, 2),
+        }
         default_choices = tuple(BlockSpec.parse(c) for c in choices) if choices else None
         layers: list[LayerSpec] = []
-        channels = int(stem["out"])
+        channels = stem_channels
         if not stages:
             raise SearchSpaceError(f"space {name!r}: at least one stage is needed")
         for s_idx, stage in enumerate(stages):
@@ -170,9 +200,11 @@ class SearchSpace:
             )
             if not stage_choices:
                 raise SearchSpaceError(f"space {name!r}, stage {s_idx}: no choices and no space-wide default")
-            for i in range(int(stage.get("layers", 1))):
-                stride = int(stage.get("stride", 1)) if i == 0 else 1
-                out = int(stage["out"])
+            num_layers = _whole(f"{where} stages[{s_idx}].layers", stage.get("layers", 1), 1)
+            stage_stride = _whole(f"{where} stages[{s_idx}].stride", stage.get("stride", 1), 1)
+            out = _whole(f"{where} stages[{s_idx}].out", stage["out"], 1)
+            for i in range(num_layers):
+                stride = stage_stride if i == 0 else 1
                 for block in stage_choices:
                     if block.kind == "skip" and (stride != 1 or channels != out):
                         raise SearchSpaceError(
@@ -187,18 +219,15 @@ class SearchSpace:
                 f"space {name!r}: every searchable layer must have the same number of choices "
                 f"(strict fairness trains each choice once per step); got {[len(x.choices) for x in searchable]}"
             )
-        head = dict(head or {})
         space = cls(
             name=name,
-            input_size=int(input_size),
-            in_channels=int(in_channels),
-            num_classes=int(num_classes),
-            stem_channels=int(stem["out"]),
-            stem_kernel=int(stem.get("kernel", 3)),
-            stem_stride=int(stem.get("stride", 1)),
+            **sizes,
+            stem_channels=stem_channels,
+            stem_kernel=stem_kernel,
+            stem_stride=stem_stride,
             layers=tuple(layers),
-            head_channels=int(head["channels"]) if head.get("channels") else None,
-            dropout=float(head.get("dropout", 0.0)),
+            head_channels=head_channels,
+            dropout=float(dropout),
             activation=activation,
             source=source,
         )
@@ -267,6 +296,11 @@ class SearchSpace:
         indices = []
         for i, (entry, layer) in enumerate(zip(value, self.searchable_layers, strict=True)):
             names = [str(c) for c in layer.choices]
+            if isinstance(entry, bool):
+                raise ArchitectureError(
+                    f"architecture {original!r}, layer {i}: {entry!r} is a boolean, not a choice index "
+                    f"(0..{len(layer.choices) - 1}) or block name"
+                )
             if isinstance(entry, str) and not entry.strip().isdigit():
                 if entry.strip() not in names:
                     raise ArchitectureError(

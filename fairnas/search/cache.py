@@ -16,6 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from fairnas.config_error import ConfigError
+from fairnas.utils.io import storage_error
+
+# Every record has its architecture and costs; accuracy and latency come when measured.
+REQUIRED_FIELDS = ("madds", "params")
+NUMBER_FIELDS = ("madds", "params", "acc1", "acc5", "loss", "latency_ms")
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with a cache record read back from disk, or None if it is sound."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    if not isinstance(record.get("arch"), str):
+        return f"field 'arch' must be an architecture string, got {record.get('arch')!r}"
+    for field in NUMBER_FIELDS:
+        if field not in record:
+            if field in REQUIRED_FIELDS:
+                return f"field {field!r} is missing"
+            continue
+        value = record[field]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"field {field!r} must be a number, got {value!r}"
+    return None
 
 
 class ResultCache:
@@ -66,15 +88,19 @@ class ResultCache:
         for number, line in enumerate(lines[1:], start=2):
             try:
                 record = json.loads(line)
-                self._records[str(record["arch"])] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except json.JSONDecodeError:
                 if number == len(lines):  # the write a crash interrupted
                     warnings.warn(f"{self.path}: ignoring a torn last line", stacklevel=2)
                     self._truncate_last_line()
-                else:
-                    raise ConfigError(
-                        f"{self.path}, line {number}: not a result record; the cache is corrupt"
-                    ) from None
+                    continue
+                raise ConfigError(f"{self.path}, line {number}: not a result record; the cache is corrupt") from None
+            problem = record_problem(record)
+            if problem is not None:  # whole JSON with a bad field: edited or foreign, not a torn write
+                raise ConfigError(
+                    f"{self.path}, line {number}: {problem}; the cache is corrupt. Delete the line (or the file, "
+                    "to evaluate everything again) or use another run directory (hydra.run.dir=...)."
+                )
+            self._records[record["arch"]] = record
 
     def _truncate_last_line(self) -> None:
         assert self.path is not None
@@ -85,10 +111,13 @@ class ResultCache:
 
     def _append(self, obj: dict[str, Any]) -> None:
         assert self.path is not None
-        with open(self.path, "a") as f:
-            f.write(json.dumps(obj, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(obj, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # a line cut short by a full disk is dropped as torn on the next run
+            raise (storage_error(err, self.path, "evaluation cache") or err) from None
 
     def get(self, key: str) -> dict[str, Any] | None:
         record = self._records.get(key)

@@ -85,8 +85,22 @@ def load_supernet(path: str | Path) -> tuple[Supernet, RunRecord]:
         raise CheckpointError(f"{path} holds an invalid run record ({err})") from None
     supernet = Supernet(space, record.num_classes, record.in_channels)
     state = {k.removeprefix("supernet."): v for k, v in ckpt["state_dict"].items() if k.startswith("supernet.")}
+    refuse_nonfinite(path, state)
     try:
         supernet.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not match its own search space {space.name!r}: {err}") from None
     return supernet.eval(), record
+
+
+def refuse_nonfinite(path: str | Path, state: dict[str, Any]) -> None:
+    """Refuses weights or buffers holding NaN/inf: every accuracy measured with them would be meaningless."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(
+            f"{path} holds NaN/inf in {len(bad)} weight or statistics tensors ({shown}): the training diverged "
+            "before it was saved, and nothing measured with it would mean anything. Use a checkpoint from before "
+            "the divergence (train.py's checkpoints/last_good.ckpt is checked finite), or retrain with a lower "
+            "optimizer.lr."
+        )

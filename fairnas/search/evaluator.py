@@ -89,6 +89,12 @@ class SupernetEvaluator:
         input_size: int | None = None,
         memory_format: str = "channels_last",
     ) -> None:
+        limit = getattr(validation, "limit", None)
+        if limit is not None and limit < 1:
+            raise ConfigError(
+                f"evaluator.val_batches={limit}: at least 1 validation batch is needed to score an architecture "
+                "(null: the whole held-out split)"
+            )
         if len(validation) == 0:
             raise ConfigError("the validation split is empty: nothing to evaluate architectures on (dataset.val_size)")
         self.memory_format = memory_format

@@ -13,7 +13,39 @@ import yaml
 from fairnas.search.strategies import pareto_front
 from fairnas.utils import write_text_atomic
 
-COLUMNS = ("arch", "blocks", "acc1", "acc5", "loss", "madds", "params", "latency_ms")
+# name: the space's name(s) for the architecture; searched: False for a named model evaluated only
+# because it is named (not proposed by the strategy), so a strategy's sample can still be told apart.
+COLUMNS = ("arch", "name", "searched", "blocks", "acc1", "acc5", "loss", "madds", "params", "latency_ms")
+ENTRY_KEYS = ("arch", "name", "searched", "blocks", "acc1", "acc5", "madds", "params", "latency_ms")
+LIMIT_KEYS = {"max_madds": "madds", "max_params": "params", "max_latency_ms": "latency_ms"}
+
+
+def with_named(records: Sequence[Mapping[str, Any]], named: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every evaluated architecture: the strategy's ``records``, then the space's named models that
+    are not among them, each named one carrying its ``name``. The front and the best pick are taken
+    over this whole set, so a named model that beats the strategy's finds is never left out."""
+    names: dict[str, list[str]] = {}
+    for name, r in named.items():
+        names.setdefault(r["arch"], []).append(name)
+    out = [{**r, "searched": True} for r in records]
+    seen = {r["arch"] for r in out}
+    out += [
+        {**r, "searched": False} for name, r in named.items() if r["arch"] not in seen and names[r["arch"]][0] == name
+    ]
+    for r in out:
+        if r["arch"] in names:
+            r["name"] = ",".join(names[r["arch"]])
+    return out
+
+
+def within_limits(record: Mapping[str, Any], limits: Mapping[str, float | None]) -> bool:
+    return all(v is None or record[LIMIT_KEYS[k]] <= v for k, v in limits.items() if k in LIMIT_KEYS)
+
+
+def best_of(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float | None]) -> Mapping[str, Any] | None:
+    """The most accurate record within the limits (the first of equals), or None if none is."""
+    feasible = [r for r in records if within_limits(r, limits)]
+    return max(feasible, key=lambda r: r["acc1"]) if feasible else None
 
 
 def records_csv(records: Sequence[Mapping[str, Any]]) -> str:
@@ -77,16 +109,17 @@ def best_yaml(
         limits: ``max_madds`` / ``max_params`` / ``max_latency_ms`` of the search (None = no limit).
         retrain: Command prefix that retrains an architecture, completed with ``arch=...``.
     """
-    keys = {"max_madds": "madds", "max_params": "params", "max_latency_ms": "latency_ms"}
 
     def entry(r: Mapping[str, Any]) -> dict[str, Any]:
-        e = {k: r[k] for k in ("arch", "blocks", "acc1", "acc5", "madds", "params", "latency_ms") if k in r}
+        e = {k: r[k] for k in ENTRY_KEYS if k in r}
         e["retrain"] = f"{retrain} arch={r['arch']}"
         return e
 
-    feasible = [r for r in records if all(v is None or r[keys[k]] <= v for k, v in limits.items() if k in keys)]
-    best = max(feasible, key=lambda r: r["acc1"]) if feasible else None
+    best = best_of(records, limits)
+    named = sum("name" in r for r in records)
     doc = {
+        "covers": f"all {len(records)} evaluated architectures ({named} of them named models of the space) "
+        "within the limits",
         "limits": {k: v for k, v in limits.items() if v is not None},
         "best": entry(best) if best else None,
         "front": [entry(records[i]) for i in sorted(front, key=lambda i: records[i]["madds"])],
@@ -103,8 +136,14 @@ def write_outputs(
     named: Mapping[str, Mapping[str, Any]] | None = None,
     title: str = "",
 ) -> tuple[list[int], Any]:
-    """Writes every output file; returns the front indices and the figure."""
-    front = front_of(records, [o for o in objectives if all(o in r for r in records)] or ["madds"])
+    """Writes every output file; returns the front indices (in ``records``) and the figure.
+
+    The front is that of every record within the limits (named models included when ``records``
+    holds them, see :func:`with_named`); records over a limit are plotted but never on the front.
+    """
+    feasible = [i for i, r in enumerate(records) if within_limits(r, limits)]
+    objectives = [o for o in objectives if all(o in r for r in records)] or ["madds"]
+    front = [feasible[i] for i in front_of([records[i] for i in feasible], objectives)]
     write_text_atomic(out_dir / "evaluated.csv", records_csv(records))
     write_text_atomic(out_dir / "pareto.csv", records_csv([records[i] for i in front]))
     write_text_atomic(out_dir / "best.yaml", best_yaml(records, front, limits, retrain))

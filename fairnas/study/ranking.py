@@ -360,7 +360,8 @@ class RankingStudy:
         if not path.is_file():
             raise ConfigError(f"{path} is missing: run the oneshot stage first")
         with path.open() as f:
-            accs = {row["arch"]: float(row["acc1"]) for row in csv.DictReader(f)}
+            # searched=False: a named model of the space the search added; not part of a random sample.
+            accs = {row["arch"]: float(row["acc1"]) for row in csv.DictReader(f) if row.get("searched") != "False"}
         if archs is None:
             return accs
         missing = [a for a in archs if a not in accs]

@@ -26,7 +26,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
 from fairnas.config_error import ConfigError
-from fairnas.data.base import derive_seed
+from fairnas.data.base import check_seed, derive_seed
 from fairnas.models import ChildNet, Supernet, layout
 from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
 from fairnas.samplers import PathSampler
@@ -51,6 +51,20 @@ class NonFiniteLossError(RuntimeError):
 
 
 NONFINITE_POLICIES = ("stop", "skip")
+
+
+def nonfinite_state(module: nn.Module, optimizer: Any = None) -> list[str]:
+    """Names of the weights, buffers and optimizer-state tensors that hold a NaN or an infinity."""
+    bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
+    if optimizer is not None:
+        for i, state in enumerate(optimizer.state.values()):
+            bad += [
+                f"optimizer.state[{i}].{key}"
+                for key, t in state.items()
+                if isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
+            ]
+    return bad
 
 
 class _ClassifierSystem(pl.LightningModule):
@@ -171,6 +185,11 @@ class _ClassifierSystem(pl.LightningModule):
         the norm is the same to the last bit. Callbacks' ``on_before_optimizer_step`` therefore see
         clipped gradients (except under a grad scaler).
         """
+        if not self._bn_stats_finite():
+            # Finite gradients can come with overflowing activations: BN normalises them away, but its
+            # running variance becomes inf and every later evaluation with these statistics is garbage.
+            self._nonfinite_update(optimizer, "a BatchNorm running statistic")
+            return False
         if self._scaler() is None:
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             if params:
@@ -198,7 +217,18 @@ class _ClassifierSystem(pl.LightningModule):
         if self._bn_buffers:
             torch._foreach_copy_(self._bn_backup, self._bn_buffers)
 
-    def _nonfinite_update(self, optimizer: Any) -> None:
+    def _bn_stats_finite(self) -> bool:
+        """Whether every BN running statistic is finite after this update's forwards (the same answer on
+        every DDP rank: each rank's statistics come from its own batches, so the verdict is all-reduced)."""
+        stats = [b for b in self._bn_buffers or [] if b.is_floating_point()]
+        if not stats:
+            return True
+        bad = (~torch.stack(torch._foreach_norm(stats)).isfinite()).any().to(torch.float32)
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        return not bool(bad)
+
+    def _nonfinite_update(self, optimizer: Any, what: str = "the loss or a gradient") -> None:
         optimizer.zero_grad(set_to_none=True)
         if self._bn_buffers:
             torch._foreach_copy_(self._bn_buffers, self._bn_backup)  # the poisoned forwards updated them
@@ -206,14 +236,24 @@ class _ClassifierSystem(pl.LightningModule):
         self.log("train/nonfinite_steps", self.nonfinite_steps.float())
         step = self.global_step
         if self.nonfinite == "skip":
-            rank_zero_warn(f"NaN/inf gradient at step {step}: update skipped (system.nonfinite=skip)")
+            rank_zero_warn(f"{what} became NaN/inf at step {step}: update skipped (system.nonfinite=skip)")
             return
+        advice = (
+            "Lower optimizer.lr, keep system.grad_clip on, or set system.nonfinite=skip to skip such updates instead."
+        )
+        bad = nonfinite_state(self, optimizer)
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise NonFiniteLossError(
+                f"{what} became NaN/inf at step {step}, and the state before that step is not finite either "
+                f"({len(bad)} tensors: {shown}), so no last_good.ckpt was written: resume from a checkpoint of an "
+                f"earlier step, if any. {advice}"
+            )
         path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
-        self.trainer.save_checkpoint(path, weights_only=False)  # the state before this update: still finite
+        self.trainer.save_checkpoint(path, weights_only=False)  # the state before this update, checked finite
         raise NonFiniteLossError(
-            f"the loss or a gradient became NaN/inf at step {step}; the last good state is saved in {path} "
-            "(resume from it with ckpt_path=... and system.nonfinite=skip to skip such updates), or start a new "
-            "run with a lower optimizer.lr and system.grad_clip on (a resume keeps the saved optimizer state)."
+            f"{what} became NaN/inf at step {step}; the last good state (weights, buffers and optimizer state "
+            f"all finite) is saved in {path} (resume with ckpt_path=...). {advice}"
         )
 
     def _inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -327,7 +367,7 @@ class SupernetSystem(_ClassifierSystem):
         self._saved_bn: BNStats | None = None
         self.updates_per_batch = sampler.updates_per_step
         space = supernet.space
-        rng = np.random.default_rng(val_seed)
+        rng = np.random.default_rng(check_seed(val_seed, "system.val_seed"))
         if val_archs < 0:
             raise ConfigError(f"system.val_archs must be 0 or more, got {val_archs}")
         self.eval_archs: list[tuple[int, ...]] = [
