@@ -57,7 +57,7 @@ def test_several_loggers_from_the_command_line(tmp_path):
 
 @pytest.mark.parametrize("name", GROUPS["dataset"])
 def test_datasets(tmp_path, name):
-    root = ["dataset.root=" + str(tmp_path)] if name in ("imagenet", "image_folder") else []
+    root = ["dataset.root=" + str(tmp_path)] if name in ("imagenet", "image_folder", "cifar10_folder") else []
     if root:
         from PIL import Image
 
