@@ -112,3 +112,24 @@ def test_the_miniature_benchmark_study_runs_end_to_end(tmp_path: Path, bench) ->
     again = run_entry("study.py", *common, timeout=600)  # resumable: every run is skipped
     assert again.returncode == 0, again.stderr[-3000:]
     assert len((out / "commands.sh").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize(("preset", "size"), [("nas_bench_macro", 300), ("nas_bench_macro_full", None)])
+def test_the_study_presets_compose_on_the_benchmark_space(preset: str, size) -> None:
+    from conftest import ROOT
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    overrides = [f"study={preset}", "study.space_name=nas_bench_macro"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("study", overrides=[*overrides, "study.data_root=/data/cifar10-jpeg"])
+        missing = compose("study", overrides=overrides)
+    space = instantiate(cfg.search_space)
+    s = instantiate(cfg.study, _partial_=True)(space=space)
+    assert space.name == "nas_bench_macro" and s.sample_size == size
+    assert list(s.supernet_runs) == ["sf_seed0", "sf_seed1", "ef_seed0", "ef_seed1"]
+    assert "dataset=cifar10_folder" in s.train_overrides and s.train_overrides[-1] == "dataset.root=/data/cifar10-jpeg"
+    with pytest.raises(MissingMandatoryValue):
+        OmegaConf.to_container(missing.study, resolve=True, throw_on_missing=True)
