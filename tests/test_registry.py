@@ -161,3 +161,17 @@ def test_shipped_spaces_keep_their_costs_through_the_registry():
         c * hidden + 2 * hidden + hidden * 25 + 2 * hidden + hidden * c + 2 * c,
     )
     assert ir.cost(size, c, c, 1) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+search_space.blocks=[no_such_module.Block]"], "cannot import block kind 'no_such_module.Block'"),
+        (["search_space.choices=[skip,conv_k3_g1]"], "unknown block 'conv_k3_g1': the registered block kinds are"),
+        (["dataset=cifar10_folder", "dataset.root=/nonexistent"], "no training folder /nonexistent/train"),
+    ],
+)
+def test_bad_blocks_and_folders_on_the_command_line_get_one_clear_error(tmp_path, overrides, message):
+    proc = run_entry("train.py", "trainer.max_steps=1", "logger=none", *overrides, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -1,7 +1,8 @@
 """Search spaces as data.
 
 A search space is described in YAML (see ``conf/search_space/``) and parsed here into frozen
-dataclasses. This module imports no torch: samplers and search strategies can use it freely.
+dataclasses. This module imports no torch at import time: samplers and search strategies can
+use it freely (parsing a space loads the built-in block kinds, whose modules use torch).
 
 Block grammar (one string per candidate block), owned by the registered block kinds
 (:mod:`fairnas.models.registry`; built-in ones in :mod:`fairnas.models.blocks`):
