@@ -441,7 +441,7 @@ ROOT_CFG = {"seed": 0, "search_space": {"input_size": 32, "in_channels": 3, "num
 @pytest.mark.parametrize("path", sorted(CONF_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_dataset_configs_instantiate(path: Path, tmp_path: Path) -> None:
     cfg = OmegaConf.merge(OmegaConf.create(ROOT_CFG), {"dataset": OmegaConf.load(path)})
-    if path.stem in ("imagenet", "image_folder"):
+    if path.stem in ("imagenet", "image_folder", "cifar10_folder"):
         assert OmegaConf.is_missing(cfg.dataset, "root")  # must be given: dataset.root=/path
         write_png_tree(tmp_path / "train", {"a": 2, "b": 2}, size=8)
         cfg.dataset.root = str(tmp_path)

@@ -9,6 +9,7 @@ from conftest import load_space, tiny_space
 from omegaconf import OmegaConf
 
 from fairnas.models import ArchitectureError, BlockSpec, CostModel, SearchSpace, SearchSpaceError
+from fairnas.models.blocks import InvertedResidualBlock, SkipBlock
 
 # Paper Table 2 (388M/4.6M, 345M/4.5M, 321M/4.4M) as counted exactly: (MAdds, params) at 224x224,
 # 1000 classes; the table to reproduce within 0.1% is 388.1M/4.651M, 345.3M/4.506M, 321.0M/4.398M.
@@ -94,7 +95,7 @@ def test_bad_architectures_get_one_clear_error(value, message):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("ir_k3_e6", BlockSpec("ir", 3, 6)), ("skip", BlockSpec("skip")), ("ir_k7_e1", BlockSpec("ir", 7, 1))],
+    [("ir_k3_e6", InvertedResidualBlock(3, 6)), ("skip", SkipBlock()), ("ir_k7_e1", InvertedResidualBlock(7, 1))],
 )
 def test_block_grammar(text, expected):
     assert BlockSpec.parse(text) == expected and str(expected) == text

@@ -40,10 +40,9 @@ def _input_of(supernet: Supernet, index: int, x: Tensor) -> Tensor:
     return x
 
 
-def _branch(block: torch.nn.Module, h: Tensor) -> Tensor:
+def _branch(block: torch.nn.Module, residual: bool, h: Tensor) -> Tensor:
     """What a block adds to its input: ``f(x)`` of a residual block ``x + f(x)``, zero for a skip."""
     out = block(h)
-    residual = getattr(block, "use_residual", False) or out is h
     return out - h if residual else out
 
 
@@ -76,6 +75,9 @@ def block_similarity(supernet: Supernet, layer: int, x_batches: Iterable[Any], b
     """
     index = _layer_index(supernet, layer)
     blocks = list(supernet.choice_blocks(layer))
+    shape = supernet.space.layers[index]
+    # Whether each block's output is its input plus a branch, as its block kind says.
+    residual = [spec.residual(shape.in_channels, shape.out_channels, shape.stride) for spec in shape.choices]
     m = len(blocks)
     parameter = next(supernet.parameters())
     sums = torch.zeros(m, m, dtype=torch.float64)
@@ -89,7 +91,7 @@ def block_similarity(supernet: Supernet, layer: int, x_batches: Iterable[Any], b
                 x = x.to(device=parameter.device, dtype=parameter.dtype)
                 h = _input_of(supernet, index, x)
                 # (m, N, C, HW) in float64: the mean of many cosines should not lose precision.
-                maps = [_branch(block, h) if branch else block(h) for block in blocks]
+                maps = [_branch(block, res, h) if branch else block(h) for block, res in zip(blocks, residual)]
                 outputs = torch.stack([m.flatten(2) for m in maps]).to(torch.float64)
                 norms = outputs.norm(dim=-1)
                 valid = norms > 0

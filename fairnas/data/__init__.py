@@ -14,6 +14,7 @@ from fairnas.data.errors import DataError, DataNotFoundError
 from fairnas.data.folder import ImageFolderDataModule, ImageNetDataModule
 from fairnas.data.idx import IDXError, read_idx, write_idx
 from fairnas.data.memory import AUGMENTATIONS, BatchedTensorDataset, InMemoryDataModule, augment_batch
+from fairnas.data.memory_folder import InMemoryImageFolderDataModule
 
 __all__ = [
     "AUGMENTATIONS",
@@ -28,6 +29,7 @@ __all__ = [
     "ImageFolderDataModule",
     "ImageNetDataModule",
     "InMemoryDataModule",
+    "InMemoryImageFolderDataModule",
     "MNISTDataModule",
     "SplitDataModule",
     "SyntheticDataModule",

@@ -21,6 +21,7 @@ from fairnas.data.datamodules import (
 )
 from fairnas.data.errors import DataError
 from fairnas.data.folder import ImageFolderDataModule, ImageNetDataModule
+from fairnas.data.memory_folder import InMemoryImageFolderDataModule
 
 # Name (the conf/dataset file it comes from) -> datamodule class.
 DATASETS: dict[str, type] = {
@@ -31,6 +32,7 @@ DATASETS: dict[str, type] = {
     "cifar100": CIFAR100DataModule,
     "image_folder": ImageFolderDataModule,
     "imagenet": ImageNetDataModule,
+    "cifar10_folder": InMemoryImageFolderDataModule,
 }
 
 

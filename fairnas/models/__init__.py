@@ -1,7 +1,8 @@
-"""Models: search-space description, blocks, supernet, cost model."""
+"""Models: search-space description, block registry, blocks, supernet, cost model."""
 
 from fairnas.models.cost import CostModel
-from fairnas.models.space import Arch, ArchitectureError, BlockSpec, LayerSpec, SearchSpace, SearchSpaceError
+from fairnas.models.registry import BlockSpec, conv_cost, register_block, registered_kinds
+from fairnas.models.space import Arch, ArchitectureError, LayerSpec, SearchSpace, SearchSpaceError
 from fairnas.models.supernet import ChildNet, Supernet, build_child
 
 __all__ = [
@@ -15,4 +16,7 @@ __all__ = [
     "SearchSpaceError",
     "Supernet",
     "build_child",
+    "conv_cost",
+    "register_block",
+    "registered_kinds",
 ]

@@ -1,11 +1,18 @@
-"""Building blocks: small typed modules with a flat forward."""
+"""Building blocks: small typed modules with a flat forward, and the built-in block kinds.
+
+The block kinds (:class:`InvertedResidualBlock` ``ir_k{K}_e{E}``, :class:`SkipBlock` ``skip`` and
+:class:`IdentityOrProjectionBlock` ``id``) are registered in :mod:`fairnas.models.registry`; each
+owns its name grammar, its module and its exact cost.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from fairnas.models.space import BlockSpec
+from fairnas.models.registry import BlockSpec, SearchSpaceError, conv_cost, register_block
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -74,11 +81,113 @@ class Head(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-def build_block(spec: BlockSpec, in_channels: int, out_channels: int, stride: int, act: str) -> nn.Module:
-    """Instantiates one candidate block of the grammar in :mod:`fairnas.models.space`."""
-    if spec.kind == "skip":
+class Projection(nn.Sequential):
+    """1x1 conv (no bias, given stride) -> BatchNorm, no activation: a shortcut that changes shape."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+
+
+@register_block
+@dataclass(frozen=True)
+class InvertedResidualBlock(BlockSpec):
+    """``ir_k{K}_e{E}``: MobileNetV2 inverted residual, depthwise kernel K, expansion ratio E.
+
+    ``E == 1`` drops the 1x1 expansion (a depthwise-separable block). A residual connection is
+    added when the stride is 1 and input and output channels match.
+    """
+
+    kind = "ir"
+    template = "ir_k{kernel}_e{expansion}"
+    example = "ir_k3_e6"
+
+    kernel: int
+    expansion: int
+
+    def __post_init__(self) -> None:
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise SearchSpaceError("the kernel size must be odd and positive")
+        if self.expansion < 1:
+            raise SearchSpaceError("the expansion ratio must be at least 1")
+
+    def build(self, in_channels: int, out_channels: int, stride: int, act: str) -> nn.Module:
+        return InvertedResidual(in_channels, out_channels, self.kernel, stride, self.expansion, act)
+
+    def cost(self, size: int, in_channels: int, out_channels: int, stride: int) -> tuple[int, int]:
+        hidden = in_channels * self.expansion
+        madds = params = 0
+        if self.expansion != 1:
+            m, p, size = conv_cost(size, in_channels, hidden, 1, 1)
+            madds, params = madds + m, params + p
+        m, p, size = conv_cost(size, hidden, hidden, self.kernel, stride, groups=hidden)
+        madds, params = madds + m, params + p
+        m, p, size = conv_cost(size, hidden, out_channels, 1, 1)
+        return madds + m, params + p
+
+    def residual(self, in_channels: int, out_channels: int, stride: int) -> bool:
+        return stride == 1 and in_channels == out_channels
+
+
+@register_block
+@dataclass(frozen=True)
+class SkipBlock(BlockSpec):
+    """``skip``: identity. Only valid where the layer keeps the shape (stride 1, same channels)."""
+
+    kind = "skip"
+    template = "skip"
+
+    def check(self, in_channels: int, out_channels: int, stride: int) -> str | None:
+        if stride != 1 or in_channels != out_channels:
+            return (
+                f"'skip' needs stride 1 and equal channels (here stride {stride}, {in_channels} -> "
+                f"{out_channels} channels); use 'id' for an identity that projects where the shape changes"
+            )
+        return None
+
+    def build(self, in_channels: int, out_channels: int, stride: int, act: str) -> nn.Module:
         return nn.Identity()
-    return InvertedResidual(in_channels, out_channels, spec.kernel, stride, spec.expansion, act)
+
+    def cost(self, size: int, in_channels: int, out_channels: int, stride: int) -> tuple[int, int]:
+        return 0, 0
+
+    def residual(self, in_channels: int, out_channels: int, stride: int) -> bool:
+        return True
+
+    def is_identity(self, in_channels: int, out_channels: int, stride: int) -> bool:
+        return True
+
+
+@register_block
+@dataclass(frozen=True)
+class IdentityOrProjectionBlock(BlockSpec):
+    """``id``: identity where the layer keeps the shape; elsewhere a 1x1 conv (with the layer's stride) + BN.
+
+    NAS-Bench-Macro's choice 0: in the first layer of each stage (stride 2, channels doubled) the
+    "identity" is this projection, so even the all-identity network has a path of learned weights.
+    """
+
+    kind = "id"
+    template = "id"
+
+    def build(self, in_channels: int, out_channels: int, stride: int, act: str) -> nn.Module:
+        if self.is_identity(in_channels, out_channels, stride):
+            return nn.Identity()
+        return Projection(in_channels, out_channels, stride)
+
+    def cost(self, size: int, in_channels: int, out_channels: int, stride: int) -> tuple[int, int]:
+        if self.is_identity(in_channels, out_channels, stride):
+            return 0, 0
+        madds, params, _ = conv_cost(size, in_channels, out_channels, 1, stride)
+        return madds, params
+
+    def residual(self, in_channels: int, out_channels: int, stride: int) -> bool:
+        return self.is_identity(in_channels, out_channels, stride)
+
+    def is_identity(self, in_channels: int, out_channels: int, stride: int) -> bool:
+        return stride == 1 and in_channels == out_channels
 
 
 def init_weights(module: nn.Module, seed: int = 0) -> None:

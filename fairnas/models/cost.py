@@ -3,9 +3,10 @@
 Conventions (those of the FairNAS / MobileNet papers): MAdds count the multiply-accumulates of
 convolutions and of the final linear layer (no BN, activation, pooling or residual add); params
 count conv weights (no bias), BN affine parameters (2 per channel) and the linear weight and bias.
-Because every layer's resolution is fixed by the space (``skip`` is only allowed at stride 1), the
-cost of an architecture is a fixed part plus one table entry per searchable layer, so evaluating
-the cost of millions of candidates is cheap.
+Each block kind computes its own exact cost (:meth:`fairnas.models.registry.BlockSpec.cost`).
+Because every layer's resolution is fixed by the space (its stride does not depend on the
+choice), the cost of an architecture is a fixed part plus one table entry per searchable layer,
+so evaluating the cost of millions of candidates is cheap.
 """
 
 from __future__ import annotations
@@ -13,34 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fairnas.models.space import BlockSpec, SearchSpace
+from fairnas.models.registry import conv_cost
+from fairnas.models.space import SearchSpace
 
 
 def _out_size(size: int, stride: int) -> int:
     """Output size of an odd-kernel convolution with 'same' padding (k // 2): independent of k."""
     return (size - 1) // stride + 1
-
-
-def _conv(size: int, cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> tuple[int, int, int]:
-    """(madds, params, output size) of conv + BN."""
-    out = _out_size(size, stride)
-    weights = cout * (cin // groups) * kernel * kernel
-    return out * out * weights, weights + 2 * cout, out
-
-
-def block_cost(spec: BlockSpec, size: int, cin: int, cout: int, stride: int) -> tuple[int, int]:
-    """(madds, params) of one block at input resolution ``size``."""
-    if spec.kind == "skip":
-        return 0, 0
-    hidden = cin * spec.expansion
-    madds = params = 0
-    if spec.expansion != 1:
-        m, p, size = _conv(size, cin, hidden, 1, 1)
-        madds, params = madds + m, params + p
-    m, p, size = _conv(size, hidden, hidden, spec.kernel, stride, groups=hidden)
-    madds, params = madds + m, params + p
-    m, p, size = _conv(size, hidden, cout, 1, 1)
-    return madds + m, params + p
 
 
 @dataclass(frozen=True)
@@ -68,12 +48,12 @@ class CostModel:
         in_channels: int | None = None,
     ) -> CostModel:
         size = input_size or space.input_size
-        madds, params, size = _conv(
+        madds, params, size = conv_cost(
             size, in_channels or space.in_channels, space.stem_channels, space.stem_kernel, space.stem_stride
         )
         madds_table, params_table = [], []
         for layer in space.layers:
-            costs = [block_cost(c, size, layer.in_channels, layer.out_channels, layer.stride) for c in layer.choices]
+            costs = [c.cost(size, layer.in_channels, layer.out_channels, layer.stride) for c in layer.choices]
             if layer.searchable:
                 madds_table.append(tuple(c[0] for c in costs))
                 params_table.append(tuple(c[1] for c in costs))
@@ -82,7 +62,7 @@ class CostModel:
             size = _out_size(size, layer.stride)
         channels = space.layers[-1].out_channels
         if space.head_channels:
-            m, p, size = _conv(size, channels, space.head_channels, 1, 1)
+            m, p, size = conv_cost(size, channels, space.head_channels, 1, 1)
             madds, params, channels = madds + m, params + p, space.head_channels
         classes = num_classes or space.num_classes
         madds += channels * classes

@@ -1,15 +1,20 @@
 """Search spaces as data.
 
 A search space is described in YAML (see ``conf/search_space/``) and parsed here into frozen
-dataclasses. This module imports no torch: samplers and search strategies can use it freely.
+dataclasses. This module imports no torch at import time: samplers and search strategies can
+use it freely (parsing a space loads the built-in block kinds, whose modules use torch).
 
-Block grammar (one string per candidate block):
+Block grammar (one string per candidate block), owned by the registered block kinds
+(:mod:`fairnas.models.registry`; built-in ones in :mod:`fairnas.models.blocks`):
 
 * ``ir_k{K}_e{E}``: MobileNetV2 inverted residual, depthwise kernel K, expansion ratio E.
   ``E == 1`` drops the 1x1 expansion (a depthwise-separable block). A residual connection is
   added when the stride is 1 and input and output channels match.
 * ``skip``: identity. Only valid where the layer keeps the shape (stride 1, same channels); a
   space with ``skip`` choices has variable depth.
+* ``id``: identity where the layer keeps the shape, a 1x1 conv + BN projection where it does not
+  (NAS-Bench-Macro's identity choice).
+* any kind of your own, registered from your module and named in the space's ``blocks:`` list.
 
 An architecture is a tuple with one choice index per *searchable* layer (layers with more than
 one candidate), printed and parsed as a '-'-joined string such as ``4-0-4-1``.
@@ -22,14 +27,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fairnas.models.registry import BlockSpec, SearchSpaceError, import_block
+
 Arch = tuple[int, ...]
 
-_IR_PATTERN = re.compile(r"^ir_k(\d+)_e(\d+)$")
 ACTIVATIONS = ("relu", "relu6", "silu", "hardswish")
-
-
-class SearchSpaceError(ValueError):
-    """A search-space description is malformed."""
 
 
 class ArchitectureError(ValueError):
@@ -47,35 +49,6 @@ def _whole(where: str, value: Any, minimum: int) -> int:
     if number != float(value) or number < minimum:
         raise SearchSpaceError(f"{where} must be a whole number >= {minimum}, got {value!r}")
     return number
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """One candidate block, parsed from the block grammar."""
-
-    kind: str
-    kernel: int = 0
-    expansion: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> BlockSpec:
-        text = str(text).strip()
-        if text == "skip":
-            return cls("skip")
-        match = _IR_PATTERN.match(text)
-        if match is None:
-            raise SearchSpaceError(
-                f"unknown block {text!r}: expected 'ir_k<kernel>_e<expansion>' (e.g. 'ir_k3_e6') or 'skip'"
-            )
-        kernel, expansion = int(match.group(1)), int(match.group(2))
-        if kernel < 1 or kernel % 2 == 0:
-            raise SearchSpaceError(f"block {text!r}: the kernel size must be odd and positive")
-        if expansion < 1:
-            raise SearchSpaceError(f"block {text!r}: the expansion ratio must be at least 1")
-        return cls("ir", kernel, expansion)
-
-    def __str__(self) -> str:
-        return "skip" if self.kind == "skip" else f"ir_k{self.kernel}_e{self.expansion}"
 
 
 @dataclass(frozen=True)
@@ -128,6 +101,7 @@ class SearchSpace:
         activation: str = "relu6",
         archs: Mapping[str, Any] | None = None,
         description: str = "",
+        blocks: Sequence[str] | None = None,
     ) -> SearchSpace:
         """Parses the YAML fields of a search space.
 
@@ -146,8 +120,12 @@ class SearchSpace:
             archs: Named architectures, each a '-'-joined index string or a list of indices or
                 block strings.
             description: Free text for humans.
+            blocks: Import paths (``package.module.ClassName``) of block kinds of your own to
+                register before the choices are parsed (see :mod:`fairnas.models.registry`).
         """
         del description
+        for path in blocks or ():
+            import_block(path)
         source = {
             "name": name,
             "stem": dict(stem),
@@ -158,6 +136,7 @@ class SearchSpace:
             "in_channels": in_channels,
             "num_classes": num_classes,
             "activation": activation,
+            **({"blocks": [str(b) for b in blocks]} if blocks else {}),
             "archs": {
                 k: (list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
                 for k, v in (archs or {}).items()
@@ -206,11 +185,9 @@ class SearchSpace:
             for i in range(num_layers):
                 stride = stage_stride if i == 0 else 1
                 for block in stage_choices:
-                    if block.kind == "skip" and (stride != 1 or channels != out):
-                        raise SearchSpaceError(
-                            f"space {name!r}, stage {s_idx}, layer {i}: 'skip' needs stride 1 and equal "
-                            f"channels (here stride {stride}, {channels} -> {out} channels)"
-                        )
+                    problem = block.check(channels, out, stride)
+                    if problem:
+                        raise SearchSpaceError(f"space {name!r}, stage {s_idx}, layer {i}: {problem}")
                 layers.append(LayerSpec(channels, out, stride, stage_choices))
                 channels = out
         searchable = [layer for layer in layers if layer.searchable]

@@ -7,18 +7,33 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from fairnas.models.blocks import ConvBNAct, Head, build_block, init_weights
-from fairnas.models.space import SearchSpace
+from fairnas.models.blocks import ConvBNAct, Head, init_weights
+from fairnas.models.space import LayerSpec, SearchSpace
+
+
+def _path_blocks(space: SearchSpace, arch: Sequence[int], modules: Sequence[nn.Module]) -> list[nn.Module]:
+    """The modules of a path without the blocks that are the identity at their layer's shape."""
+    layers: list[LayerSpec] = list(space.layers)
+    choices = space.full_choices(arch)
+    return [
+        module
+        for module, layer, c in zip(modules, layers, choices, strict=True)
+        if not layer.choices[c].is_identity(layer.in_channels, layer.out_channels, layer.stride)
+    ]
 
 
 class ChildNet(nn.Module):
-    """A single architecture as a plain network: only its chosen blocks, no choice machinery."""
+    """A single architecture as a plain network: only its chosen blocks, no choice machinery.
+
+    ``blocks`` holds only real blocks: :meth:`Supernet.export` and :func:`build_child` drop the
+    choices that are the identity at their layer (``skip``, ``id`` at stride 1), as their block
+    kinds say (:meth:`fairnas.models.registry.BlockSpec.is_identity`).
+    """
 
     def __init__(self, stem: nn.Module, blocks: Sequence[nn.Module], head: nn.Module) -> None:
         super().__init__()
         self.stem = stem
-        # Identity (skip) choices are dropped: the exported network holds only real blocks.
-        self.blocks = nn.Sequential(*[b for b in blocks if not isinstance(b, nn.Identity)])
+        self.blocks = nn.Sequential(*blocks)
         self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
@@ -45,9 +60,7 @@ class Supernet(nn.Module):
         act = space.activation
         self.stem = ConvBNAct(self.in_channels, space.stem_channels, space.stem_kernel, space.stem_stride, act=act)
         self.layers = nn.ModuleList(
-            nn.ModuleList(
-                build_block(c, layer.in_channels, layer.out_channels, layer.stride, act) for c in layer.choices
-            )
+            nn.ModuleList(c.build(layer.in_channels, layer.out_channels, layer.stride, act) for c in layer.choices)
             for layer in space.layers
         )
         last = space.layers[-1].out_channels
@@ -84,7 +97,9 @@ class Supernet(nn.Module):
 
     def export(self, arch: Sequence[int]) -> ChildNet:
         """A stand-alone copy of one path with the supernet's (inherited) weights and BN statistics."""
-        return ChildNet(copy.deepcopy(self.stem), copy.deepcopy(self.blocks(arch)), copy.deepcopy(self.head))
+        arch = self._check(arch)
+        blocks = _path_blocks(self.space, arch, self.blocks(arch))
+        return ChildNet(copy.deepcopy(self.stem), copy.deepcopy(blocks), copy.deepcopy(self.head))
 
 
 def build_child(
@@ -101,12 +116,12 @@ def build_child(
     choices = space.full_choices(arch)
     stem = ConvBNAct(in_channels, space.stem_channels, space.stem_kernel, space.stem_stride, act=act)
     blocks = [
-        build_block(layer.choices[c], layer.in_channels, layer.out_channels, layer.stride, act)
+        layer.choices[c].build(layer.in_channels, layer.out_channels, layer.stride, act)
         for layer, c in zip(space.layers, choices, strict=True)
     ]
     head = Head(
         space.layers[-1].out_channels, space.head_channels, num_classes or space.num_classes, space.dropout, act
     )
-    child = ChildNet(stem, blocks, head)
+    child = ChildNet(stem, _path_blocks(space, arch, blocks), head)
     init_weights(child, seed)
     return child

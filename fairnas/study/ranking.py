@@ -315,6 +315,7 @@ class RankingStudy:
             n_boot=self.bootstrap,
             seed=self.bootstrap_seed,
             design=self._design(),
+            truth_source=self._truth_source(),
         )
 
     # ------------------------------------------------------------------ tables
@@ -397,6 +398,10 @@ class RankingStudy:
                 name: {layer: block_similarity(net, layer, batches) for layer in range(self.space.num_layers)}
                 for name, net in nets.items()
             }
+
+    def _truth_source(self) -> str | None:
+        """Where the ground truth comes from, for the report (None: stand-alone training with the seeds)."""
+        return None
 
     def _design(self) -> dict[str, Any]:
         return {

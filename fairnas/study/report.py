@@ -76,6 +76,7 @@ def write_report(
     n_boot: int,
     seed: int,
     design: Mapping[str, Any],
+    truth_source: str | None = None,
 ) -> dict[str, Any]:
     """Writes ``report.md``, ``ranking.csv``, ``paired.csv``, ``architectures.csv``, the plots and ``results.json``.
 
@@ -83,7 +84,8 @@ def write_report(
     supernet's one-shot accuracy and the naive proxies MAdds and params, each also with MAdds held
     fixed (partial Kendall tau). The ceiling row scores one half of the seeds against the other.
     Paired bootstraps compare the first supernet with each other predictor on the same resampled
-    architectures.
+    architectures. ``truth_source`` says where the ground truth comes from (default: stand-alone
+    training with the study's seeds).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     mean = truth.mean
@@ -150,7 +152,8 @@ def write_report(
         },  # fmt: skip
     }
     write_json_atomic(out_dir / "results.json", results)
-    write_text_atomic(out_dir / "report.md", _markdown(rows, paired, ceiling, hist_stats, summaries, figures, truth))
+    markdown = _markdown(rows, paired, ceiling, hist_stats, summaries, figures, truth, truth_source)
+    write_text_atomic(out_dir / "report.md", markdown)
     return results
 
 
@@ -162,13 +165,15 @@ def _markdown(
     summaries: Mapping[str, Mapping[str, Any]],
     figures: Sequence[Path],
     truth: Any,
+    truth_source: str | None = None,
 ) -> str:
     seeds = ", ".join(c.removeprefix("seed") for c in truth.seed_columns)
+    source = truth_source or f"trained stand-alone with seeds {seeds}"
     low, high = (100 * v for v in ceiling["acc_range"])
     lines = [
         "# Ranking study report",
         "",
-        f"Ground truth: {len(truth)} architectures trained stand-alone with seeds {seeds}; accuracy "
+        f"Ground truth: {len(truth)} architectures {source}; accuracy "
         f"{low:.2f}-{high:.2f}% (std across architectures {100 * ceiling['acc_std_across_archs']:.2f} pp, "
         f"seed-to-seed std of one architecture {100 * ceiling['seed_std']:.2f} pp).",
         "",
