@@ -94,7 +94,10 @@ class Job:
         last = self.run_dir / "checkpoints" / "last.ckpt"
         if resume and self.resumable and last.is_file():
             overrides.append(f"ckpt_path={last}")
-        return [python, str(root / self.script), *overrides, f"hydra.run.dir={self.run_dir}"]
+        script = root / self.script
+        # From a checkout: the top-level script; from an installed package: its module (fairnas-train's).
+        program = [str(script)] if script.is_file() else ["-m", f"fairnas.cli.{Path(self.script).stem}"]
+        return [python, *program, *overrides, f"hydra.run.dir={self.run_dir}"]
 
 
 def _quote(argv: Sequence[str]) -> str:

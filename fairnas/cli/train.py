@@ -1,0 +1,265 @@
+"""Train a FairNAS supernet (default: strict fairness), or one architecture stand-alone.
+
+python train.py                                   # sf supernet, fairnas_mini, Fashion-MNIST
+python train.py sampler=ef trainer.devices=4      # another sampler, DDP on 4 devices
+python train.py arch=fairnas_a search_space=fairnas_imagenet dataset=imagenet dataset.root=/data/imagenet
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from fairnas.cli import CONFIG_DIR
+from fairnas.config_error import ConfigError
+from fairnas.data.base import SplitDataModule, check_seed
+from fairnas.errors import exit_on_user_error
+from fairnas.models import CostModel, SearchSpace, Supernet, build_child
+from fairnas.run_record import ALLOW_ON_RESUME, RunRecord, from_train_config, resume_record, training_overrides
+from fairnas.search.checkpoint import load_checkpoint, read_record
+from fairnas.system import resolve_strategy
+from fairnas.system.ddp import isolated_distributed_run
+from fairnas.system.resume import nothing_to_train
+from fairnas.tracking import (
+    LogRunConfig,
+    build_loggers,
+    finish_loggers,
+    log_checkpoint_artifacts,
+    redact,
+    run_identity,
+    run_summary,
+    steps_for_paths,
+)
+from fairnas.utils import write_json_atomic
+from fairnas.utils.extras import apply_extras
+
+log = logging.getLogger("fairnas")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Builds everything from the config, trains, and returns (and writes) the results."""
+    start = time.time()
+    pl.seed_everything(check_seed(cfg.seed), workers=True, verbose=False)
+    out_dir = Path(cfg.paths.output_dir)
+    space: SearchSpace = instantiate(cfg.search_space)
+    datamodule = instantiate(cfg.dataset)
+    arch = None if cfg.arch is None else space.parse_arch(_plain(cfg.arch))
+    record = from_train_config(
+        cfg, space=space, datamodule=datamodule, arch=None if arch is None else space.format_arch(arch),
+        retrain=_retrain_overrides(),
+    )  # fmt: skip
+    ckpt_path = _resume_path(cfg.ckpt_path, out_dir)
+    if ckpt_path is not None:
+        record = _check_resumable(ckpt_path, record, cfg.get("resume_allow", ALLOW_ON_RESUME))
+        _check_trains_something(ckpt_path, cfg.trainer)
+    metadata = record.to_dict()  # what every checkpoint stores under "fairnas"
+    optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.scheduler)
+    if arch is None:
+        supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
+        fixed = {"arch": space.parse_arch(_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
+        sampler = instantiate(cfg.sampler, num_layers=space.num_layers, num_choices=space.num_choices, **fixed)
+        system = instantiate(cfg.system)(
+            supernet=supernet,
+            sampler=sampler,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            metadata=metadata,
+            seed=cfg.seed,
+        )
+        log.info(
+            "supernet %s: %d searchable layers x %d choices, sampler %r",
+            space.name,
+            space.num_layers,
+            space.num_choices,
+            sampler,
+        )
+    else:
+        net = build_child(space, arch, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
+        system = instantiate(cfg.standalone)(
+            net=net, optimizer=optimizer, scheduler=scheduler, metadata=metadata, seed=cfg.seed
+        )
+        log.info("stand-alone %s %s: %s", space.name, space.format_arch(arch), " ".join(space.describe_arch(arch)))
+
+    choices = _choices()
+    identity = run_identity(
+        choices, cfg.seed, None if arch is None else space.format_arch(arch), cfg.get("name"), cfg.get("group"),
+        cfg.get("tags") or [], _sweep_dir(),
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.name, cfg.group, cfg.tags = identity.name, identity.group, identity.tags
+        if cfg.get("max_paths") is not None:
+            cfg.trainer.max_steps = _path_budget(cfg, system)
+    loggers, artifact_loggers = build_loggers((cfg.get("logger") or {}).values(), instantiate)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins over the group
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    batch_size = getattr(datamodule, "batch_size", None)
+    summary = run_summary(choices, space.num_layers, space.num_choices, batch_size, 1, identity)
+    callbacks.append(LogRunConfig(redact(OmegaConf.to_container(cfg, resolve=True)), summary, batch_size))
+    t = OmegaConf.to_container(cfg.trainer, resolve=True)
+    strategy = resolve_strategy(t["strategy"], t["accelerator"], t["devices"], t["num_nodes"], arch is None)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy)
+    if trainer.world_size == 1 and isinstance(datamodule, SplitDataModule):
+        # Our datamodules resume mid-epoch exactly (SplitDataModule.state_dict); Lightning cannot tell.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    status = "failed"
+    try:
+        # weights_only: a checkpoint can never run code (ours hold only tensors and plain data).
+        try:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            # SaveOnInterrupt has saved the state; a scheduler must not read the stop as success.
+            sys.exit(128 + signal.SIGTERM)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if system.last_validated_step != trainer.global_step and trainer.limit_val_batches:
+            # The run stopped mid-epoch (max_steps): validate the final weights too.
+            metrics.update(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
+        if cfg.test:
+            metrics.update(trainer.test(system, datamodule=datamodule, verbose=False)[0])
+        if trainer.is_global_zero and artifact_loggers:
+            checkpoints = sorted((out_dir / "checkpoints").glob("*.ckpt"))
+            log_checkpoint_artifacts(artifact_loggers, checkpoints, aliases=["latest"])
+        status = "success"
+    finally:
+        # Every job of a sweep ends its logger runs, also when it fails, so the next job gets its own.
+        finish_loggers(loggers, status)
+
+    results: dict[str, Any] = {
+        **metrics,
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+        "seed": cfg.seed,
+        "nonfinite_steps": int(system.nonfinite_steps),  # updates skipped for NaN/inf (system.nonfinite=skip)
+        "world_size": trainer.world_size,
+        "wall_time_s": round(time.time() - start, 2),
+        "search_space": space.name,
+        "run_name": identity.name,
+        "group": identity.group,
+        "tags": identity.tags,
+        **_wandb_ids(loggers),
+    }
+    if arch is None:
+        results.update(sampler=type(sampler).__name__, fairness_spread=system.fairness_spread)
+    else:
+        cost = CostModel.create(space, datamodule.image_size, datamodule.num_classes, datamodule.in_channels)
+        results.update(arch=space.format_arch(arch), madds=cost.madds(arch), params=cost.params(arch))
+    if trainer.is_global_zero:
+        write_json_atomic(out_dir / "results.json", results)
+        log.info("results in %s: %s", out_dir / "results.json", {k: results[k] for k in sorted(results)})
+    return results
+
+
+def _resume_path(ckpt_path: str | None, out_dir: Path) -> str | None:
+    """``ckpt_path=last``: the newest checkpoint of this run directory (periodic/interrupt
+    ``checkpoints/last.ckpt`` or a SLURM requeue's ``hpc_ckpt_<n>.ckpt``), or a fresh start if none."""
+    if ckpt_path != "last":
+        return ckpt_path
+    others = sorted((out_dir / "checkpoints").glob("last-v*.ckpt"))
+    if others:  # Lightning's name for the last checkpoint of a second run started in the same directory
+        raise ConfigError(
+            f"ckpt_path=last: {out_dir} holds the last checkpoints of more than one run ("
+            f"{', '.join(p.name for p in [out_dir / 'checkpoints' / 'last.ckpt', *others] if p.is_file())}): "
+            "give the one to continue as ckpt_path=<file>"
+        )
+    found = [p for p in [out_dir / "checkpoints" / "last.ckpt", *out_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    if not found:
+        log.info("ckpt_path=last: no checkpoint in %s yet, starting from scratch", out_dir)
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+    log.info("ckpt_path=last: resuming from %s", newest)
+    return str(newest)
+
+
+def _check_trains_something(path: str, trainer: DictConfig) -> None:
+    """Refuses a resume whose trainer limits the checkpoint has already reached."""
+    reason = nothing_to_train(load_checkpoint(path), trainer.get("max_steps"), trainer.get("max_epochs"))
+    if reason is not None:
+        raise ConfigError(
+            f"continuing {path} would train nothing: {reason}. Raise trainer.max_steps or trainer.max_epochs "
+            "to train further (the checkpoint and results of that run are left as they are)"
+        )
+
+
+def _check_resumable(path: str, record: RunRecord, allow: Any) -> RunRecord:
+    """Refuses, before any training, a checkpoint of another space, kind of run or training recipe;
+    returns the record to continue with (the saved provenance, this resume added to its history)."""
+    return resume_record(read_record(load_checkpoint(path), path), record, path, allow)
+
+
+def _retrain_overrides() -> list[str]:
+    if not HydraConfig.initialized():
+        return []
+    hc = HydraConfig.get()
+    return training_overrides(hc.runtime.choices, hc.overrides.task)
+
+
+def _choices() -> dict[str, str]:
+    """The config group choices of this job (sampler=sf, dataset=..., ...), Hydra's own groups left out."""
+    if not HydraConfig.initialized():
+        return {}
+    chosen = HydraConfig.get().runtime.choices
+    return {k: str(v) for k, v in chosen.items() if v is not None and not k.startswith("hydra")}
+
+
+def _sweep_dir() -> str | None:
+    """The directory of the -m sweep this job belongs to (its W&B group), None for a single run."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+def _path_budget(cfg: DictConfig, system: pl.LightningModule) -> int:
+    """trainer.max_steps for ``max_paths`` single-path passes of this run's sampler."""
+    if cfg.trainer.max_steps not in (None, -1):
+        raise ConfigError(
+            f"max_paths={cfg.max_paths} and trainer.max_steps={cfg.trainer.max_steps} both set a budget: keep one "
+            "(max_paths gives every sampler the same compute)"
+        )
+    sampler = getattr(system, "sampler", None)
+    if sampler is None:  # stand-alone: one path per optimizer step
+        return steps_for_paths(cfg.max_paths, 1, 1)
+    return steps_for_paths(cfg.max_paths, sampler.paths_per_step, sampler.updates_per_step)
+
+
+def _wandb_ids(loggers: list[Any]) -> dict[str, str]:
+    """The W&B run this job logged to (id, and the folder its offline files are in), if any."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            run = logger._experiment
+            return {"wandb_run_id": run.id, "wandb_run_dir": str(Path(run.dir).parent)}
+    return {}
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    apply_extras(cfg)
+    try:
+        with isolated_distributed_run():  # in a -m sweep, the next job starts clean
+            train(cfg)
+    except Exception as err:
+        exit_on_user_error(err, log)
+
+
+if __name__ == "__main__":
+    main()
