@@ -151,7 +151,7 @@ SMALL = [
 
 # name: (overrides, batches an epoch, every_n_train_steps landing mid-epoch and never on an epoch end)
 LIMITS = {"full-epochs": ([], 4, 3), "limit_train_batches=3": (["trainer.limit_train_batches=3"], 3, 2)}
-KINDS = ["end-of-epoch", "end-of-training", "max_steps", "step", "sigterm", "hpc"]
+KINDS = ["end-of-epoch", "end-of-training", "older-end-of-training", "max_steps", "step", "sigterm", "hpc"]
 
 
 def fit(run: Path, *overrides: str) -> dict:
@@ -179,9 +179,13 @@ def test_a_run_continued_from_any_kind_of_checkpoint_is_the_uninterrupted_run(re
         start = ref / "checkpoints" / f"step{reference['per_epoch']}.ckpt"
     elif kind == "step":  # every_n_train_steps, mid-epoch
         start = next((ref / "steps").glob(f"*step={reference['every']}.ckpt"))
-    elif kind == "end-of-training":  # the default last.ckpt of a run of max_epochs=1
+    elif kind.endswith("end-of-training"):  # the default last.ckpt of a run of max_epochs=1
         fit(first, *overrides, "trainer.max_epochs=1")
         start = first / "checkpoints" / "last.ckpt"
+        if kind.startswith("older"):  # the data position fairnas wrote there before it was derived from the loop
+            saved = ckpt(start)
+            saved["SyntheticDataModule"] = {"epoch": 1, "batches": reference["per_epoch"]}
+            torch.save(saved, start)
     elif kind == "max_steps":  # stopped mid-epoch by max_steps, extended in its own directory
         fit(first, *overrides, "trainer.max_steps=2")
         start, continued = "last", first
@@ -274,3 +278,40 @@ def test_two_runs_never_share_a_run_directory(tmp_path: Path):
     more = run_entry("train.py", *args, f"trainer.max_steps={step + 1}", "ckpt_path=last", f"hydra.run.dir={tmp_path}")
     assert more.returncode == 0, more.stderr[-3000:]
     assert results(tmp_path)["global_step"] == step + 1
+
+
+def _loop(started: int, completed: int, trained: int, ended: bool, step: int) -> dict:
+    epochs = {"ready": started, "started": started, "processed": completed, "completed": completed}
+    batches = {"ready": trained, "started": trained, "processed": trained, "completed": trained}
+    progress = {"total": dict(batches), "current": batches, "is_last_batch": ended}
+    loop = {"epoch_progress": {"total": dict(epochs), "current": epochs}, "epoch_loop.batch_progress": progress}
+    return {"global_step": step, "loops": {"fit_loop": loop}}
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "position"),
+    [
+        (_loop(1, 1, 4, True, 4), (1, 0)),  # end of training after a whole epoch
+        (_loop(1, 1, 2, False, 2), (0, 2)),  # end of training at a max_steps stop: epoch 0 goes on
+        (_loop(2, 1, 4, True, 8), (2, 0)),  # end of epoch 1 (on_train_epoch_end)
+        (_loop(2, 1, 3, False, 7), (1, 3)),  # after step 7 (every_n_train_steps, SIGTERM)
+        (_loop(0, 0, 0, False, 0), (0, 0)),  # nothing trained yet
+    ],
+)
+def test_the_position_a_checkpoint_continues_from(checkpoint: dict, position: tuple[int, int]):
+    from fairnas.system.resume import align_loop_state, checkpoint_position
+
+    assert checkpoint_position(checkpoint) == position
+    assert align_loop_state(checkpoint) == position
+    assert checkpoint_position(checkpoint) == position  # the aligned form says the same
+
+
+def test_what_trains_nothing():
+    from fairnas.system.resume import nothing_to_train
+
+    mid_epoch_1 = _loop(2, 1, 3, False, 7)
+    assert nothing_to_train(mid_epoch_1, max_steps=-1, max_epochs=2) is None
+    assert nothing_to_train(mid_epoch_1, max_steps=8, max_epochs=2) is None
+    assert "at step 7 and trainer.max_steps=7" in nothing_to_train(mid_epoch_1, max_steps=7, max_epochs=2)
+    assert "finished 1 epoch and trainer.max_epochs=1" in nothing_to_train(mid_epoch_1, max_steps=-1, max_epochs=1)
+    assert nothing_to_train(_loop(1, 1, 4, True, 4), max_steps=-1, max_epochs=2) is None

@@ -83,6 +83,6 @@ def nothing_to_train(checkpoint: dict[str, Any], max_steps: int | None, max_epoc
         return f"it is at step {step} and trainer.max_steps={max_steps}"
     if max_epochs is None and (max_steps is None or max_steps < 0):
         max_epochs = 1000  # Lightning's default when neither limit is set
-    if max_epochs is not None and max_epochs >= 0 and batches == 0 and epoch >= max_epochs:
+    if max_epochs is not None and max_epochs >= 0 and epoch >= max_epochs:  # Lightning ends a started epoch there too
         return f"it has finished {epoch} epoch{'s' if epoch != 1 else ''} and trainer.max_epochs={max_epochs}"
     return None

@@ -138,6 +138,12 @@ class _ClassifierSystem(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Before Lightning restores its loops: every kind of checkpoint continues where it really stopped.
         epoch, batches = align_loop_state(checkpoint)
+        datamodule = self.trainer.datamodule
+        key = None if datamodule is None else type(datamodule).__qualname__
+        if key in checkpoint and set(checkpoint[key]) == {"epoch", "batches"}:
+            # The same position for the datamodule (restored next); checkpoints written before it was
+            # derived this way hold a wrong one after an epoch's end.
+            checkpoint[key] = {"epoch": epoch, "batches": batches}
         step = int(checkpoint.get("global_step", 0))
         self._resumed = (step, (checkpoint.get("fairnas_schedule") or {}).get("horizon"))
         where = f"epoch {epoch} after batch {batches}" if batches else f"the start of epoch {epoch}"
