@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,8 +214,6 @@ class BenchmarkRankingStudy(RankingStudy):
         path = self.dir / "tuning_split.json"
         archs = self.sample()
         if path.is_file():
-            import json
-
             split = json.loads(path.read_text())
             return list(split["tuning"]), list(split["holdout"])
         n_tune = int(round(self.tuning_fraction * len(archs)))
