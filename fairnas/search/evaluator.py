@@ -10,13 +10,14 @@ changes what a checkpoint holds. Results are cached by architecture string (see
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fairnas.config_error import ConfigError
 from fairnas.models import CostModel, SearchSpace, Supernet, layout
@@ -126,48 +127,82 @@ class SupernetEvaluator:
                 "params": self.cost_model.params(arch)}  # fmt: skip
 
     def accuracy(self, archs: Sequence[Sequence[int]]) -> list[float]:
-        """Top-1 one-shot accuracies of ``archs`` (evaluating only those not cached)."""
-        return [self.result(a)["acc1"] for a in archs]
+        """Top-1 one-shot accuracies of ``archs``; those not cached are evaluated together in one pass."""
+        return [r["acc1"] for r in self.results(archs)]
 
     def result(self, arch: Sequence[int]) -> dict[str, Any]:
         """Every measured number of one architecture, from the cache when present."""
-        key = self.space.format_arch(arch)
-        record = self.cache.get(key) or {}
-        if "acc1" in record and (not self.latency or "latency_ms" in record):
-            return record
-        if "acc1" not in record:
-            record.update(self.evaluate(arch))
-        if self.latency and "latency_ms" not in record:
-            record["latency_ms"] = self.measure_latency(arch)
-        record.update(self._costs_record(arch))
-        self.cache.put(key, record)
-        return record
+        return self.results([arch])[0]
 
-    @torch.no_grad()
+    def results(self, archs: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+        """Every measured number of each of ``archs``, from the cache when present.
+
+        The architectures missing from the cache are evaluated together (:meth:`evaluate_many`,
+        one pass over the data that shares their common prefixes), then cached one by one.
+        """
+        keys = [self.space.format_arch(a) for a in archs]
+        records = {k: self.cache.get(k) or {} for k in keys}
+        todo = {k: tuple(int(c) for c in a) for k, a in zip(keys, archs) if "acc1" not in records[k]}
+        if todo:
+            for key, measured in zip(todo, self.evaluate_many(list(todo.values())), strict=True):
+                records[key].update(measured)
+        for key, arch in dict(zip(keys, archs)).items():  # each architecture once
+            record = records[key]
+            if key in todo or (self.latency and "latency_ms" not in record):
+                if self.latency and "latency_ms" not in record:
+                    record["latency_ms"] = self.measure_latency(arch)
+                record.update(self._costs_record(arch))
+                self.cache.put(key, record)
+        return [records[k] for k in keys]
+
     def evaluate(self, arch: Sequence[int]) -> dict[str, float]:
         """Recalibrates the path's BN statistics, measures accuracy, restores the supernet."""
+        return self.evaluate_many([arch])[0]
+
+    @torch.no_grad()
+    def evaluate_many(self, archs: Sequence[Sequence[int]]) -> list[dict[str, float]]:
+        """:meth:`evaluate_reference` of each of ``archs``, with the same numbers, in one pass over the data.
+
+        The paths form a prefix tree (stem, then one node per layer choice, then the head), walked
+        depth-first for every batch: a layer shared by several paths runs once per batch, and only
+        the layers after a path's last shared one run for it alone. Each node holds its own BN
+        statistics, recalibrated on the same calibration batches in the same order as the
+        reference does, which is exact because a layer's BN statistics depend only on its prefix
+        (train-mode BN normalises with batch statistics, so the running statistics never feed back).
+        The nodes' statistics are swapped into the supernet's BN layers by reference while a node
+        runs, and the supernet's own are put back at the end.
+        """
+        paths = [tuple(int(c) for c in a) for a in archs]
+        unique = list(dict.fromkeys(paths))
+        tree = _PathTree(self.supernet, unique)
+        top5 = self.num_classes > 5
+        scores = [_Score(top5) for _ in unique]
+        with tree.installed():
+            tree.set_training(True)
+            for x, _ in self.calibration:
+                tree.run(self._batch(x), None)
+            tree.set_training(False)
+            for x, y in self.validation:
+                tree.run(self._batch(x), lambda leaf, logits, y=y: scores[leaf].add(logits, y))
+        self.evaluations += len(unique)
+        by_path = {p: s.result() for p, s in zip(unique, scores, strict=True)}
+        return [dict(by_path[p]) for p in paths]
+
+    @torch.no_grad()
+    def evaluate_reference(self, arch: Sequence[int]) -> dict[str, float]:
+        """The straightforward evaluation of one path: whole-path forwards, calibration then validation.
+
+        What :meth:`evaluate_many` must equal exactly; kept as the reference of the tests and of
+        ``benchmarks/bench_evaluator.py``. Does not count in :attr:`evaluations`.
+        """
         arch = tuple(int(c) for c in arch)
         layers = bn_layers(self.supernet.path_modules(arch))
+        score = _Score(self.num_classes > 5)
         with preserved_stats(layers):
             recalibrate(lambda x: self.supernet(x, arch), layers, (self._batch(x) for x, _ in self.calibration))
-            correct1 = correct5 = total = 0
-            loss = 0.0
-            top5 = self.num_classes > 5
             for x, y in self.validation:
-                logits = self.supernet(self._batch(x), arch)
-                loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-                if top5:
-                    best = logits.topk(5, dim=1).indices
-                    correct1 += int((best[:, 0] == y).sum())
-                    correct5 += int((best == y[:, None]).any(1).sum())
-                else:
-                    correct1 += int((logits.argmax(1) == y).sum())
-                total += len(y)
-        self.evaluations += 1
-        out = {"acc1": correct1 / total, "loss": loss / total}
-        if top5:
-            out["acc5"] = correct5 / total
-        return out
+                score.add(self.supernet(self._batch(x), arch), y)
+        return score.result()
 
     def _batch(self, x: Tensor) -> Tensor:
         return layout.as_layout(x.to(self.dtype), self.memory_format)
@@ -189,3 +224,112 @@ class SupernetEvaluator:
             sync()
             times.append((time.perf_counter() - start) * 1e3)
         return statistics.median(times)
+
+
+class _Score:
+    """Top-1 (and top-5) hits and the summed cross-entropy of one architecture, batch after batch."""
+
+    def __init__(self, top5: bool) -> None:
+        self.top5 = top5
+        self.correct1 = self.correct5 = self.total = 0
+        self.loss = 0.0
+
+    def add(self, logits: Tensor, y: Tensor) -> None:
+        self.loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        if self.top5:
+            best = logits.topk(5, dim=1).indices
+            self.correct1 += int((best[:, 0] == y).sum())
+            self.correct5 += int((best == y[:, None]).any(1).sum())
+        else:
+            self.correct1 += int((logits.argmax(1) == y).sum())
+        self.total += len(y)
+
+    def result(self) -> dict[str, float]:
+        out = {"acc1": self.correct1 / self.total, "loss": self.loss / self.total}
+        if self.top5:
+            out["acc5"] = self.correct5 / self.total
+        return out
+
+
+_BN = nn.modules.batchnorm._BatchNorm
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class _Node:
+    """One module of a path in the prefix tree, with the BN statistics it has under its prefix."""
+
+    __slots__ = ("module", "bns", "stats", "children", "leaf")
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.bns = bn_layers([module])
+        # What reset_running_stats() leaves: mean 0, variance 1, no batch counted.
+        self.stats = [
+            (torch.zeros_like(m.running_mean), torch.ones_like(m.running_var), torch.zeros_like(m.num_batches_tracked))
+            for m in self.bns
+        ]
+        self.children: dict[int, _Node] = {}
+        self.leaf: int | None = None  # the path (index) whose head this node is
+
+
+class _PathTree:
+    """The paths of a supernet merged on their common prefixes: stem -> one block per layer -> head.
+
+    Each node owns BN statistics (initially reset) that :meth:`installed` swaps into the
+    supernet's BN layers, by reference, whenever the node runs: training-mode passes then update
+    the node's own tensors in place, exactly as :func:`fairnas.models.bn.recalibrate` updates
+    the layers' tensors for a single path.
+    """
+
+    def __init__(self, supernet: Supernet, paths: Sequence[tuple[int, ...]]) -> None:
+        self.root = _Node(supernet.stem)
+        self.bns = {id(m): m for m in self.root.bns}
+        for index, arch in enumerate(paths):
+            node = self.root
+            for block in supernet.blocks(arch):  # validates the path
+                child = node.children.get(id(block))  # a block belongs to one layer: it names the choice
+                if child is None:
+                    child = node.children[id(block)] = _Node(block)
+                    self.bns.update((id(m), m) for m in child.bns)
+                node = child
+            head = node.children[-1 - index] = _Node(supernet.head)  # one head per path: its own statistics
+            head.leaf = index
+            self.bns.update((id(m), m) for m in head.bns)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Lets the nodes swap their statistics in; the layers' own tensors, modes and momenta come back after."""
+        saved = [(m, {k: m._buffers[k] for k in _STATS}, m.training, m.momentum) for m in self.bns.values()]
+        try:
+            yield
+        finally:
+            for m, buffers, training, momentum in saved:
+                m._buffers.update(buffers)
+                m.train(training)
+                m.momentum = momentum
+
+    def set_training(self, training: bool) -> None:
+        """Training mode with a cumulative average (calibration) or evaluation mode, for the BN layers only."""
+        for m in self.bns.values():
+            m.train(training)
+            if training:
+                m.momentum = None
+
+    def run(self, x: Tensor, visit: Callable[[int, Tensor], None] | None) -> None:
+        """One batch through every path; ``visit(path index, logits)`` at each head."""
+        self._run(self.root, x, visit)
+
+    def _run(self, node: _Node, x: Tensor, visit: Callable[[int, Tensor], None] | None) -> None:
+        while True:
+            for m, stats in zip(node.bns, node.stats, strict=True):
+                m._buffers.update(zip(_STATS, stats))
+            x = node.module(x)  # along a chain without branches only the newest activation is kept
+            if node.leaf is not None:
+                if visit is not None:
+                    visit(node.leaf, x)
+                return
+            if len(node.children) != 1:
+                break
+            (node,) = node.children.values()
+        for child in node.children.values():
+            self._run(child, x, visit)
