@@ -1,6 +1,11 @@
-"""Cost of evaluating one architecture with the supernet vs the bare forward passes it needs.
+"""Search evaluation per architecture: shared-prefix groups vs one path at a time, and vs bare forwards.
 
-For each of N random architectures of fairnas_mini on Fashion-MNIST (5000 held-out validation
+--mode groups (default): G random architectures at a time (the size of an NSGA-II generation),
+paired, in alternating order: the per-path reference (SupernetEvaluator.evaluate_reference, the
+evaluator before the shared pass) on each of them, then evaluate_many on the whole group, which
+must give identical numbers (checked). Prints seconds per architecture and the speed-up.
+
+--mode floor: for each of N random architectures of fairnas_mini on Fashion-MNIST (5000 held-out validation
 images, 10 calibration batches of 128), interleaved and paired:
   * evaluator: SupernetEvaluator.evaluate(arch) (BN reset + recalibration on the supernet path,
     validation, restore of the supernet's statistics);
@@ -8,8 +13,8 @@ images, 10 calibration batches of 128), interleaved and paired:
     train mode, validation batches in eval mode), nothing else.
 Prints a table and the median ratio. Target: at most 1.2.
 
-    .venv/bin/python benchmarks/bench_evaluator.py [--ckpt PATH] [--archs 12] [--threads 2]
-        [--memory-format channels_last|contiguous]
+    .venv/bin/python benchmarks/bench_evaluator.py [--mode groups|floor] [--ckpt PATH] [--group 40]
+        [--reps 3] [--archs 12] [--val-batches N] [--threads 2] [--memory-format channels_last|contiguous]
 """
 
 from __future__ import annotations
@@ -44,10 +49,35 @@ def floor(net, calib, val, memory_format):
         net(layout.as_layout(x, memory_format))
 
 
+def groups(ev: SupernetEvaluator, group: int, reps: int) -> None:
+    """Paired: the per-path reference on each architecture of a random group, and the group together."""
+    space = ev.space
+    rng = np.random.default_rng(0)
+    rows = []
+    for rep in range(reps):
+        archs = [tuple(int(c) for c in r) for r in rng.integers(0, space.num_choices, (group, space.num_layers))]
+        timed = {}
+        for variant in ("reference", "shared") if rep % 2 == 0 else ("shared", "reference"):
+            t0 = time.perf_counter()
+            out = [ev.evaluate_reference(a) for a in archs] if variant == "reference" else ev.evaluate_many(archs)
+            timed[variant] = (time.perf_counter() - t0, out)
+        (ref, ref_out), (shared, shared_out) = timed["reference"], timed["shared"]
+        rows.append((rep, len(set(archs)), ref / group, shared / group, ref / shared, ref_out == shared_out))
+    print("| rep | architectures | reference (s/arch) | shared pass (s/arch) | speed-up | identical |")
+    print("|---|---|---|---|---|---|")
+    for rep, n, a, b, ratio, same in rows:
+        print(f"| {rep} | {n} | {a:.3f} | {b:.3f} | {ratio:.2f} | {'yes' if same else 'NO'} |")
+    print(f"median speed-up {statistics.median(r[4] for r in rows):.2f} over {len(rows)} paired groups")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", default="groups", choices=["groups", "floor"])
     parser.add_argument("--ckpt", default=None, help="a trained supernet checkpoint (default: fresh weights)")
-    parser.add_argument("--archs", type=int, default=12)
+    parser.add_argument("--group", type=int, default=40, help="architectures per group (groups mode)")
+    parser.add_argument("--reps", type=int, default=3, help="paired groups (groups mode)")
+    parser.add_argument("--val-batches", type=int, default=None, help="validation batches of 500 (default: all 10)")
+    parser.add_argument("--archs", type=int, default=12, help="architectures (floor mode)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])
     args = parser.parse_args()
@@ -61,15 +91,21 @@ def main() -> None:
     dm.setup("fit")
     cpu = torch.device("cpu")
     calib = materialise(dm.calibration_dataloader(10, seed=0), None, cpu)
-    val = materialise(dm.val_dataloader(), None, cpu)
+    val = materialise(dm.val_dataloader(), args.val_batches, cpu)
     ev = SupernetEvaluator(supernet, calib, val, CostModel.create(space), memory_format=args.memory_format)
+    images = sum(len(y) for _, y in val)
+    print(f"({len(calib)} calibration batches of {calib[0][0].shape[0]}, {images} validation images, "
+          f"{args.threads} threads, {'checkpoint ' + args.ckpt if args.ckpt else 'fresh weights'})")  # fmt: skip
+    if args.mode == "groups":
+        groups(ev, args.group, args.reps)
+        return
     rng = np.random.default_rng(0)
     rows = []
     for arch in [tuple(int(c) for c in r) for r in rng.integers(0, space.num_choices, (args.archs, space.num_layers))]:
         child = supernet.export(arch)
         floor(child, calib, val, args.memory_format)  # warm-up of this shape
         t0 = time.perf_counter()
-        ev.evaluate(arch)
+        ev.evaluate_reference(arch)
         t1 = time.perf_counter()
         floor(child, calib, val, args.memory_format)
         t2 = time.perf_counter()
@@ -78,9 +114,7 @@ def main() -> None:
     for arch, a, b in rows:
         print(f"{arch:<18}{a:>12.3f}{b:>10.3f}{a / b:>8.2f}")
     ratios = [a / b for _, a, b in rows]
-    images = sum(len(y) for _, y in val)
     print(f"median ratio {statistics.median(ratios):.3f} over {len(rows)} architectures")
-    print(f"({len(calib)} calibration batches of {calib[0][0].shape[0]}, {images} validation images)")
 
 
 if __name__ == "__main__":
