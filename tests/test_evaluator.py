@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 from conftest import tiny_space
 
+from fairnas.config_error import ConfigError
 from fairnas.data import SyntheticDataModule
 from fairnas.models import CostModel, Supernet
 from fairnas.search import DeviceBatches, ResultCache, SupernetEvaluator
@@ -14,7 +16,7 @@ from fairnas.search import DeviceBatches, ResultCache, SupernetEvaluator
 CLASSES = 6  # more than 5: top-5 is measured too
 
 
-def float64_evaluator(preload: bool = True, cache: ResultCache | None = None) -> SupernetEvaluator:
+def float64_evaluator(preload: bool = True, cache: ResultCache | None = None, chunk_size=3) -> SupernetEvaluator:
     """A float64 supernet whose running statistics are far from their reset values, on synthetic data."""
     net = Supernet(tiny_space(), num_classes=CLASSES, seed=0).double()
     g = torch.Generator().manual_seed(0)
@@ -25,7 +27,8 @@ def float64_evaluator(preload: bool = True, cache: ResultCache | None = None) ->
     cpu = torch.device("cpu")
     calib = DeviceBatches(dm.calibration_dataloader(3, seed=0), None, cpu, preload)
     val = DeviceBatches(dm.val_dataloader(), None, cpu, preload)
-    return SupernetEvaluator(net.eval(), calib, val, CostModel.create(net.space), cache)
+    # Validation batches of 8 go through in chunks of 3, 3 and 2 images.
+    return SupernetEvaluator(net.eval(), calib, val, CostModel.create(net.space), cache, chunk_size=chunk_size)
 
 
 def test_the_shared_prefix_pass_equals_the_reference_exactly_in_float64():
@@ -46,6 +49,19 @@ def test_the_shared_prefix_pass_equals_the_reference_exactly_in_float64():
         assert torch.equal(v, state[k]), k
     assert {k: v.data_ptr() for k, v in ev.supernet.named_buffers()} == buffers
     assert all(not m.training for m in ev.supernet.modules())
+    assert ev.chunk_size == 3  # chunked logits were found identical to whole-batch ones
+
+
+def test_batch_dependent_logits_turn_chunking_off_and_stay_exact(monkeypatch):
+    ev = float64_evaluator()
+    head = type(ev.supernet.head).forward
+    monkeypatch.setattr(type(ev.supernet.head), "forward", lambda self, x: head(self, x) + x.mean())  # across images
+    archs = [(0, 1, 2), (1, 1, 0)]
+    reference = [ev.evaluate_reference(a) for a in archs]
+    assert ev.evaluate_many(archs) == reference
+    assert ev.chunk_size is None
+    with pytest.raises(ConfigError, match="chunk_size must be a positive integer"):
+        float64_evaluator(chunk_size=0)
 
 
 def test_streamed_batches_and_the_cache_give_the_reference_numbers(tmp_path):

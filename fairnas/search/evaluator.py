@@ -76,6 +76,11 @@ class SupernetEvaluator:
         memory_format: Layout of the supernet and the batches: ``channels_last`` (default; faster
             on CPU, see :mod:`fairnas.models.layout`) or ``contiguous``. The supernet passed in
             is converted in place. Latency is measured in this layout too.
+        chunk_size: Validation batches go through the network in chunks of this many images
+            (``"auto"``: 100 on the CPU, where a chunk's activations stay in cache, which made
+            validation 2x faster on fairnas_mini; whole batches elsewhere; None: whole batches).
+            Evaluation-mode layers treat images independently, so the logits are the same; the
+            first batch checks that they are bit for bit, and whole batches are used if not.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class SupernetEvaluator:
         latency_repeats: int = 30,
         input_size: int | None = None,
         memory_format: str = "channels_last",
+        chunk_size: int | str | None = "auto",
     ) -> None:
         if len(validation) == 0:
             raise ConfigError("the validation split is empty: nothing to evaluate architectures on (dataset.val_size)")
@@ -106,6 +112,12 @@ class SupernetEvaluator:
         self.evaluations = 0  # architectures evaluated by this object (not read from the cache)
         param = next(supernet.parameters())
         self.device, self.dtype = param.device, param.dtype
+        if chunk_size == "auto":
+            chunk_size = 100 if self.device.type == "cpu" else None
+        if not (chunk_size is None or (type(chunk_size) is int and chunk_size >= 1)):
+            raise ConfigError(f"evaluator chunk_size must be a positive integer, 'auto' or null, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+        self._chunks_checked = False  # whether chunked logits were compared with whole-batch ones yet
 
     def costs(self, arch: Sequence[int]) -> dict[str, float]:
         """Cheap objectives, checked against limits before any accuracy is measured.
@@ -183,10 +195,26 @@ class SupernetEvaluator:
                 tree.run(self._batch(x), None)
             tree.set_training(False)
             for x, y in self.validation:
-                tree.run(self._batch(x), lambda leaf, logits, y=y: scores[leaf].add(logits, y))
+                for leaf, logits in enumerate(self._logits(tree, self._batch(x), len(unique))):
+                    scores[leaf].add(logits, y)
         self.evaluations += len(unique)
         by_path = {p: s.result() for p, s in zip(unique, scores, strict=True)}
         return [dict(by_path[p]) for p in paths]
+
+    def _logits(self, tree: _PathTree, x: Tensor, leaves: int) -> list[Tensor]:
+        """Every path's logits for the validation batch ``x``, computed in chunks where that is exact."""
+        chunk = self.chunk_size
+        if chunk is None or chunk >= len(x):
+            return _collect(tree, x, leaves)
+        parts = [_collect(tree, x[i : i + chunk], leaves) for i in range(0, len(x), chunk)]
+        logits = [torch.cat([p[leaf] for p in parts]) for leaf in range(leaves)]
+        if not self._chunks_checked:
+            self._chunks_checked = True
+            whole = _collect(tree, x, leaves)
+            if not all(torch.equal(a, b) for a, b in zip(logits, whole, strict=True)):
+                self.chunk_size = None  # this machine's kernels depend on the batch size: whole batches only
+                return whole
+        return logits
 
     @torch.no_grad()
     def evaluate_reference(self, arch: Sequence[int]) -> dict[str, float]:
@@ -224,6 +252,12 @@ class SupernetEvaluator:
             sync()
             times.append((time.perf_counter() - start) * 1e3)
         return statistics.median(times)
+
+
+def _collect(tree: _PathTree, x: Tensor, leaves: int) -> list[Tensor]:
+    out: list[Tensor] = [x] * leaves
+    tree.run(x, out.__setitem__)
+    return out
 
 
 class _Score:
