@@ -6,6 +6,11 @@ top-1 (and top-5 where there are more than 5 classes) on the validation split he
 training set. The supernet's own statistics are restored after every call, so evaluating never
 changes what a checkpoint holds. Results are cached by architecture string (see
 :class:`ResultCache`), so a re-run or an interrupted search evaluates nothing twice.
+
+The architectures asked for together are evaluated in one pass over the data
+(:meth:`SupernetEvaluator.evaluate_many`): their paths are merged on common prefixes, each prefix
+node keeps its own recalibrated BN statistics, and the numbers are bit for bit those of
+:meth:`SupernetEvaluator.evaluate_reference`, which evaluates one path at a time.
 """
 
 from __future__ import annotations
