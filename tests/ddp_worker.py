@@ -44,9 +44,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "plain_fused": {"sampler": "sf", "steps": 3, "step_mode": "fused"},
     "recipe_sf": {"sampler": "sf", "steps": 3, "clip": 0.5},
     "recipe_sf_mean_split": {
-        "sampler": "sf", "steps": 3, "clip": 0.18, "grad_reduction": "mean", "split_batch": True,
+        "sampler": "sf",
+        "steps": 3,
+        "clip": 0.18,
+        "grad_reduction": "mean",
+        "split_batch": True,
         "path_check_every": 2,
-    },  # fmt: skip
+    },
     # ef: 3 optimizer steps (one all-reduce each) per batch; 5 steps end in the middle of batch 2.
     "recipe_ef": {"sampler": "ef", "steps": 5, "clip": 0.16},
     # Rank 1's batch 1 holds a NaN: both ranks must skip that update; 3 steps take 4 batches.
