@@ -150,7 +150,7 @@ def test_checkpoint_errors_are_clear_and_code_never_runs(tmp_path):
     evil = tmp_path / "evil.ckpt"
     with open(evil, "wb") as f:
         pickle.dump({"state_dict": Evil(), "fairnas": {}}, f)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="checkpoints that need code to load are refused"):
         load_supernet(evil)
     assert not marker.exists()
 
