@@ -23,6 +23,30 @@ def usage(run_dir: Path) -> list[int]:
     return [int(r["count"]) for r in rows]
 
 
+def validation_accuracies(ckpt: Path, bn_batches: int, val_batches: int, k: int = 8, seed: int = 0) -> list[float]:
+    """What validation should report, recomputed with the search's evaluator from the final
+    checkpoint: the K validation architectures (drawn from ``val_seed``), each with its BN
+    statistics re-estimated on the calibration batches, on the first ``val_batches`` batches."""
+    import numpy as np
+    import torch
+    from hydra.utils import instantiate
+
+    from fairnas.models import CostModel
+    from fairnas.search import DeviceBatches, SupernetEvaluator, load_supernet
+
+    supernet, meta = load_supernet(ckpt)
+    dm = instantiate(meta["dataset"])
+    dm.setup("fit")
+    cpu = torch.device("cpu")
+    calibration = DeviceBatches(dm.calibration_dataloader(bn_batches, seed=seed), None, cpu)
+    evaluator = SupernetEvaluator(
+        supernet, calibration, DeviceBatches(dm.val_dataloader(), val_batches, cpu), CostModel.create(supernet.space)
+    )
+    space = supernet.space
+    archs = np.random.default_rng(seed).integers(0, space.num_choices, (k, space.num_layers))
+    return [evaluator.evaluate(tuple(int(c) for c in arch))["acc1"] for arch in archs]
+
+
 def test_supernet_on_synthetic_data(tmp_path):
     proc = run_entry(
         "train.py",
@@ -35,7 +59,9 @@ def test_supernet_on_synthetic_data(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = results(tmp_path)
     assert r["global_step"] == 5 and r["seed"] == 0 and r["wall_time_s"] > 0
-    assert 0 <= r["val/acc_min"] <= r["val/acc_mean"] <= r["val/acc_max"] <= 1
+    accs = validation_accuracies(tmp_path / "checkpoints" / "last.ckpt", bn_batches=10, val_batches=2)
+    assert r["val/acc_mean"] == pytest.approx(sum(accs) / len(accs), abs=1e-6)
+    assert (r["val/acc_min"], r["val/acc_max"]) == pytest.approx((min(accs), max(accs)), abs=1e-6)
     assert r["fairness_spread"] == 0 and r["usage/spread"] == 0
     assert set(usage(tmp_path)) == {5}
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
@@ -195,6 +221,8 @@ def test_multirun_with_ddp_runs_each_job_on_two_processes_in_its_own_dir(tmp_pat
     for run in runs:
         assert results(run)["world_size"] == 2 and results(run)["global_step"] == 3
         assert (run / "train_ddp_rank1.log").is_file()  # rank 1 ran this job, here
+        if results(run)["sampler"] == "StrictFairSampler":  # strict fairness holds under DDP too
+            assert results(run)["fairness_spread"] == 0 and set(usage(run)) == {3}
         assert (run / "checkpoints" / "last.ckpt").is_file()
     after = {p.name for p in (ROOT / "outputs").glob("*")} if (ROOT / "outputs").exists() else set()
     assert after == outputs  # no rank wrote a run directory of its own
