@@ -139,9 +139,9 @@ def test_split_indices() -> None:
     assert not torch.equal(val, split_indices(100, 25, seed=4)[1])
     with pytest.raises(DataError, match="no training data"):
         split_indices(100, 100, seed=0)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"val_size must be >= 0 \(a count\) or in \(0, 1\).*got -1"):
         FashionMNISTDataModule(val_size=-1)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="augment='rotate' is not one of"):
         FashionMNISTDataModule(augment="rotate")
 
 

@@ -154,9 +154,41 @@ def test_checkpoint_errors_are_clear_and_code_never_runs(tmp_path):
     evil = tmp_path / "evil.ckpt"
     with open(evil, "wb") as f:
         pickle.dump({"state_dict": Evil(), "fairnas": {}}, f)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="checkpoints that need code to load are refused"):
         load_supernet(evil)
     assert not marker.exists()
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def check_outputs(out: Path, limits: dict[str, float] | None = None) -> list[dict]:
+    """pareto.csv is exactly the non-dominated set (accuracy up, MAdds down) of every evaluated row
+    (with the space's named models if the front includes them); best.yaml's best is the most
+    accurate evaluated row within the limits, its front is pareto.csv. Returns evaluated.csv's rows."""
+    limits = limits or {}
+    rows, front = read_csv(out / "evaluated.csv"), read_csv(out / "pareto.csv")
+    points = {r["arch"]: (float(r["acc1"]), float(r["madds"])) for r in rows}
+    assert len(points) == len(rows)  # nothing evaluated twice
+    if any(r["arch"] not in points for r in front):  # the front also weighs the space's named models
+        for named in json.loads((out / "results.json").read_text())["named"].values():
+            points.setdefault(named["arch"], (named["acc1"], named["madds"]))
+    non_dominated = {
+        arch for arch, (acc, madds) in points.items()
+        if not any(a >= acc and m <= madds and (a, m) != (acc, madds) for a, m in points.values())
+    }  # fmt: skip
+    assert sorted(r["arch"] for r in front) == sorted(non_dominated)
+    by_arch = {r["arch"]: r for r in rows}
+    assert all(r == by_arch[r["arch"]] for r in front if r["arch"] in by_arch)  # the same values as evaluated.csv
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["limits"] == limits
+    columns = {"max_madds": "madds", "max_params": "params", "max_latency_ms": "latency_ms"}
+    feasible = [r for r in rows if all(float(r[columns[k]]) <= v for k, v in limits.items())]
+    assert best["best"]["arch"] == max(feasible, key=lambda r: float(r["acc1"]))["arch"]
+    assert {e["arch"] for e in best["front"]} == non_dominated
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -182,10 +214,10 @@ def test_search_py_end_to_end(supernet_run, tmp_path):
     searched = [r for r in rows if r["searched"] == "True"]
     assert len(searched) == 6 and {"arch", "name", "acc1", "madds", "params"} <= set(rows[0])
     assert {r["name"] for r in rows if r["searched"] == "False"} <= {"smallest", "largest"}
-    assert (out / "pareto.png").stat().st_size > 0 and (out / "pareto.csv").exists()
+    assert (out / "pareto.png").stat().st_size > 0
+    check_outputs(out)
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["best"]["retrain"].startswith("python train.py search_space=fairnas_mini dataset=synthetic")
-    assert best["front"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
@@ -205,6 +237,28 @@ def test_search_py_end_to_end(supernet_run, tmp_path):
     proc = run_entry("train.py", *cmd, "trainer.max_steps=1", "trainer.limit_val_batches=1", f"hydra.run.dir={retrain}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((retrain / "results.json").read_text())["arch"] == best["best"]["arch"]
+
+
+def test_search_py_under_madds_and_latency_limits(supernet_run, tmp_path):
+    out = tmp_path / "search"
+    args = [f"ckpt_path={supernet_run / 'checkpoints' / 'last.ckpt'}", "strategy=random", "evaluator.bn_batches=1",
+            "evaluator.latency=true", "evaluator.latency_repeats=3", f"hydra.run.dir={out}"]  # fmt: skip
+    free = run_entry("search.py", *args, "strategy.num_samples=8")
+    assert free.returncode == 0, free.stderr[-3000:]
+    rows = check_outputs(out)
+    madds, latency = (sorted(float(r[c]) for r in rows) for c in ("madds", "latency_ms"))
+    # Limits at the medians of an unlimited search (same directory: the measured latencies are cached).
+    limits = {"max_madds": madds[len(madds) // 2], "max_latency_ms": latency[len(latency) // 2]}
+    assert any(float(r["madds"]) > limits["max_madds"] or float(r["latency_ms"]) > limits["max_latency_ms"]
+               for r in rows)  # fmt: skip
+    limited = run_entry(
+        "search.py", *args, "strategy.num_samples=3", *(f"strategy.{k}={v!r}" for k, v in limits.items())
+    )
+    assert limited.returncode == 0, limited.stderr[-3000:]
+    rows = check_outputs(out, limits)
+    assert len(rows) == 3
+    assert all(float(r["madds"]) <= limits["max_madds"] and float(r["latency_ms"]) <= limits["max_latency_ms"]
+               for r in rows)  # fmt: skip
 
 
 def test_search_py_with_another_dataset_keeps_the_training_split_and_checks_its_shape(supernet_run, tmp_path):

@@ -269,30 +269,30 @@ def test_a_latency_limit_without_a_latency_model_is_a_config_error(name):
 
 
 @pytest.mark.parametrize(
-    "make",
+    ("make", "match"),
     [
-        lambda: RandomSearch(num_samples=0),
-        lambda: RandomSearch(batch_size=0),
-        lambda: RandomSearch(seed=-1),
-        lambda: RandomSearch(num_samples="many"),
-        lambda: RandomSearch(max_madds="lots"),
-        lambda: RandomSearch(max_params=float("inf")),
-        lambda: EvolutionSearch(mutation_prob=0.0),
-        lambda: EvolutionSearch(parents=0),
-        lambda: EvolutionSearch(num_mutations=2.5),
-        lambda: NSGA2Search(population=1),
-        lambda: NSGA2Search(generations=0),
-        lambda: NSGA2Search(objectives="madds"),
-        lambda: NSGA2Search(objectives=["madds", "madds"]),
+        (lambda: RandomSearch(num_samples=0), r"strategy\.num_samples must be an integer >= 1, got 0$"),
+        (lambda: RandomSearch(batch_size=0), r"strategy\.batch_size must be an integer >= 1, got 0$"),
+        (lambda: RandomSearch(seed=-1), r"strategy\.seed must be an integer >= 0, got -1$"),
+        (lambda: RandomSearch(num_samples="many"), r"strategy\.num_samples must be an integer >= 1, got 'many'"),
+        (lambda: RandomSearch(max_madds="lots"), r"strategy\.max_madds must be a finite number or null .*'lots'"),
+        (lambda: RandomSearch(max_params=float("inf")), r"strategy\.max_params must be a finite number .*got inf"),
+        (lambda: EvolutionSearch(mutation_prob=0.0), r"strategy\.mutation_prob must be in \(0, 1\], got 0\.0"),
+        (lambda: EvolutionSearch(parents=0), r"strategy\.parents must be an integer >= 1, got 0$"),
+        (lambda: EvolutionSearch(num_mutations=2.5), r"strategy\.num_mutations must be an integer >= 0, got 2\.5"),
+        (lambda: NSGA2Search(population=1), r"strategy\.population must be an integer >= 2, got 1$"),
+        (lambda: NSGA2Search(generations=0), r"strategy\.generations must be an integer >= 1, got 0$"),
+        (lambda: NSGA2Search(objectives="madds"), r"strategy\.objectives must be a list of cost names.*got 'madds'"),
+        (lambda: NSGA2Search(objectives=["madds", "madds"]), r"strategy\.objectives lists a cost twice"),
     ],
 )
-def test_invalid_settings_are_config_errors(make):
-    with pytest.raises(ConfigError):
+def test_invalid_settings_are_config_errors(make, match):
+    with pytest.raises(ConfigError, match=match):
         make()
 
 
 def test_search_problem_rejects_an_empty_space():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="at least one layer and one choice, got L=0, m=3"):
         SearchProblem(0, 3, lambda a: {}, lambda archs: [])
 
 
@@ -332,11 +332,11 @@ def test_pareto_front_on_hand_made_points():
 
 
 def test_pareto_front_rejects_bad_input():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"senses must be 'max' or 'min', got \['max', 'up'\]"):
         pareto_front([(1, 2)], ["max", "up"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"each point needs 2 objective values, got .* shape \(1, 3\)"):
         pareto_front([(1, 2, 3)], ["max", "min"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="points contain NaN"):
         pareto_front([(float("nan"), 2)], ["max", "min"])
 
 

@@ -191,7 +191,17 @@ def test_the_miniature_study_runs_end_to_end_and_resumes(tmp_path: Path):
     assert all(row["n"] == 5 for row in results["ranking"])
     # Every predictor is also scored beyond size (MAdds held fixed); for MAdds itself that is undefined.
     beyond = {row["predictor"]: row["partial_tau_given_madds"] for row in results["ranking"]}
-    assert math.isnan(beyond["MAdds (proxy)"]) and -1.0 <= beyond["sf"] <= 1.0
+    assert math.isnan(beyond["MAdds (proxy)"])
+    # sf's taus recomputed from architectures.csv with scipy (Kendall's partial tau formula).
+    import csv
+
+    with open(report / "architectures.csv") as f:
+        table = list(csv.DictReader(f))
+    sf, truth, madds = (np.array([float(r[c]) for r in table]) for c in ("oneshot_sf", "standalone_mean", "madds"))
+    t_st, t_sm, t_tm = (stats.kendalltau(a, b).statistic for a, b in ((sf, truth), (sf, madds), (truth, madds)))
+    sf_row = next(row for row in results["ranking"] if row["predictor"] == "sf")
+    assert sf_row["kendall_tau"] == pytest.approx(t_st, abs=1e-12)
+    assert beyond["sf"] == pytest.approx((t_st - t_sm * t_tm) / math.sqrt((1 - t_sm**2) * (1 - t_tm**2)), abs=1e-12)
     assert [p["comparison"] for p in results["paired"]] == [
         "tau(sf) - tau(ef)", "tau(sf) - tau(biased)", "tau(sf) - tau(MAdds (proxy))", "tau(sf) - tau(params (proxy))"
     ]  # fmt: skip
