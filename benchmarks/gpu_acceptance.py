@@ -1,4 +1,4 @@
-"""GPU acceptance: one command, one table, about 5 minutes on one GPU.
+"""GPU acceptance: one command, one table; meant to fit in 10 minutes on one GPU (never yet run on one).
 
     .venv/bin/python benchmarks/gpu_acceptance.py              # on a CUDA machine
     .venv/bin/python benchmarks/gpu_acceptance.py --dry-run    # CPU, tiny shapes (what the test suite runs)
