@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import json
 import sys
 from pathlib import Path
