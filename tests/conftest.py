@@ -68,7 +68,8 @@ def run_entry(
 
 
 def compose_train(output_dir: Path, *overrides: str):
-    """The train.py config for ``overrides``, writing to ``output_dir``: for in-process ``train.train(cfg)``."""
+    """The train.py config for ``overrides``, writing to ``output_dir``, for an in-process
+    ``fairnas.cli.train.train(cfg)``."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 

@@ -435,7 +435,11 @@ def test_imagenet_warns_on_class_count(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- Hydra configs
-ROOT_CFG = {"seed": 0, "search_space": {"input_size": 32, "in_channels": 3, "num_classes": 10}}
+ROOT_CFG = {
+    "seed": 0,
+    "search_space": {"input_size": 32, "in_channels": 3, "num_classes": 10},
+    "paths": {"data_dir": None},
+}
 
 
 @pytest.mark.parametrize("path", sorted(CONF_DIR.glob("*.yaml")), ids=lambda p: p.stem)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import ROOT, Preempted, compose_train, run_entry
 
-import train
+from fairnas.cli import train
 from fairnas.config_error import ConfigError
 
 # 4 steps per epoch, 2 epochs; augmentation and dropout on, so their random streams matter.

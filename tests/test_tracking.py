@@ -153,7 +153,7 @@ def test_usage_media_share_the_scalars_x_axis(wandb_sweep):
 
 
 def test_the_report_compares_the_sweep(wandb_sweep):
-    from report import main as report_main
+    from fairnas.cli.report import main as report_main
 
     sweep, _ = wandb_sweep
     assert report_main([str(sweep)]) == 0
