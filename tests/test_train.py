@@ -29,13 +29,12 @@ def validation_accuracies(ckpt: Path, bn_batches: int, val_batches: int, k: int 
     statistics re-estimated on the calibration batches, on the first ``val_batches`` batches."""
     import numpy as np
     import torch
-    from hydra.utils import instantiate
 
     from fairnas.models import CostModel
     from fairnas.search import DeviceBatches, SupernetEvaluator, load_supernet
 
-    supernet, meta = load_supernet(ckpt)
-    dm = instantiate(meta["dataset"])
+    supernet, record = load_supernet(ckpt)
+    dm = record.data.build()
     dm.setup("fit")
     cpu = torch.device("cpu")
     calibration = DeviceBatches(dm.calibration_dataloader(bn_batches, seed=seed), None, cpu)
