@@ -178,6 +178,7 @@ def test_the_sample_is_written_once_and_then_read_back(tmp_path: Path):
         RankingStudy(str(tmp_path), space, "fairnas_mini").run(["train"])
 
 
+@pytest.mark.slow  # 2.8 min in the suite (make test-slow); test_benchmark_study runs the same runner end to end
 def test_the_miniature_study_runs_end_to_end_and_resumes(tmp_path: Path):
     out = tmp_path / "study"
     common = ["study=ranking_tiny", f"study.out_dir={out}", "parallel=2", "threads_per_job=1"]
