@@ -97,11 +97,10 @@ def run_summary(
     choices: Mapping[str, str],
     num_layers: int,
     num_choices: int,
-    batch_size: int | None,
-    world_size: int,
     identity: RunIdentity,
 ) -> dict[str, Any]:
-    """The ``run`` section of the logged config: what runs are filtered and grouped on."""
+    """The ``run`` section of the logged config: what runs are filtered and grouped on
+    (:class:`LogRunConfig` adds the world size and global batch size the trainer uses)."""
     return {
         "name": identity.name,
         "group": identity.group,
@@ -113,8 +112,6 @@ def run_summary(
         "layers_x_choices": f"{num_layers}x{num_choices}",
         "num_layers": num_layers,
         "num_choices": num_choices,
-        "world_size": world_size,
-        "global_batch_size": None if batch_size is None else batch_size * world_size,
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
     }
@@ -139,9 +136,8 @@ class LogRunConfig(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero:
             return
-        run = {**self.run, "world_size": trainer.world_size}
-        if self.batch_size is not None:
-            run["global_batch_size"] = self.batch_size * trainer.world_size
+        batch = None if self.batch_size is None else self.batch_size * trainer.world_size
+        run = {**self.run, "world_size": trainer.world_size, "global_batch_size": batch}
         for logger in trainer.loggers:
             logger.log_hyperparams({**self.config, "run": run})
 
@@ -149,7 +145,7 @@ class LogRunConfig(Callback):
 def build_loggers(configs: Iterable[Any], instantiate: Any) -> tuple[list[Logger], list[WandbLogger]]:
     """Instantiates the logger configs. A W&B logger with ``log_model`` set and ``offline: true``
     (which Lightning refuses) is built without it and returned in the second list: its
-    checkpoints are logged as artifacts by :func:`log_checkpoint_artifacts` at the end of training,
+    checkpoints are logged as artifacts by :func:`log_file_artifact` (type ``model``) at the end of training,
     which works offline too (``wandb sync`` uploads them)."""
     loggers: list[Logger] = []
     artifacts: list[WandbLogger] = []
@@ -163,30 +159,19 @@ def build_loggers(configs: Iterable[Any], instantiate: Any) -> tuple[list[Logger
     return loggers, artifacts
 
 
-def log_checkpoint_artifacts(loggers: Iterable[WandbLogger], checkpoints: Iterable[Path], aliases: list[str]) -> None:
-    """Logs each existing checkpoint file as one W&B ``model`` artifact of the logger's run."""
-    files = [Path(p) for p in checkpoints if Path(p).is_file()]
-    for logger in loggers:
-        if not files:
-            continue
-        import wandb
-
-        run = logger.experiment
-        artifact = wandb.Artifact(name=f"model-{run.id}", type="model", metadata={"files": [f.name for f in files]})
-        for path in files:
-            artifact.add_file(str(path), name=path.name)
-        run.log_artifact(artifact, aliases=aliases)
-
-
-def log_file_artifact(logger: WandbLogger, name: str, kind: str, files: Iterable[Path]) -> None:
-    """Logs existing ``files`` as one W&B artifact ``name`` of type ``kind``."""
+def log_file_artifact(
+    logger: WandbLogger, name: str, kind: str, files: Iterable[Path], aliases: list[str] | None = None
+) -> None:
+    """Logs the existing ``files`` as one W&B artifact ``name`` of type ``kind`` (nothing if none exists)."""
+    found = [Path(p) for p in files if Path(p).is_file()]
+    if not found:
+        return
     import wandb
 
     artifact = wandb.Artifact(name=re.sub(r"[^A-Za-z0-9_.-]+", "_", name), type=kind)
-    for path in files:
-        if Path(path).is_file():
-            artifact.add_file(str(path), name=Path(path).name)
-    logger.experiment.log_artifact(artifact)
+    for path in found:
+        artifact.add_file(str(path), name=path.name)
+    logger.experiment.log_artifact(artifact, aliases=aliases)
 
 
 def finish_loggers(loggers: Iterable[Logger], status: str) -> None:

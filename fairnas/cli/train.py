@@ -38,7 +38,7 @@ from fairnas.tracking import (
     LogRunConfig,
     build_loggers,
     finish_loggers,
-    log_checkpoint_artifacts,
+    log_file_artifact,
     redact,
     run_identity,
     run_summary,
@@ -108,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins over the group
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     batch_size = getattr(datamodule, "batch_size", None)
-    summary = run_summary(choices, space.num_layers, space.num_choices, batch_size, 1, identity)
+    summary = run_summary(choices, space.num_layers, space.num_choices, identity)
     callbacks.append(LogRunConfig(redact(OmegaConf.to_container(cfg, resolve=True)), summary, batch_size))
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     strategy = resolve_strategy(t["strategy"], t["accelerator"], t["devices"], t["num_nodes"], arch is None)
@@ -132,7 +132,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics.update(trainer.test(system, datamodule=datamodule, verbose=False)[0])
         if trainer.is_global_zero and artifact_loggers:
             checkpoints = sorted((out_dir / "checkpoints").glob("*.ckpt"))
-            log_checkpoint_artifacts(artifact_loggers, checkpoints, aliases=["latest"])
+            for logger in artifact_loggers:
+                log_file_artifact(logger, f"model-{logger.experiment.id}", "model", checkpoints, aliases=["latest"])
         status = "success"
     finally:
         # Every job of a sweep ends its logger runs, also when it fails, so the next job gets its own.
