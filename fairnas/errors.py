@@ -1,36 +1,110 @@
-"""The errors a user can cause with bad input: reported as one clear message, not a stack trace."""
+"""Errors a user can cause with bad input, and how the programs report them.
+
+Every error caused by bad input (a setting, a file, a checkpoint, the storage) derives from
+:class:`FairnasError`; its message says what is wrong and what to do. The programs (``fairnas.cli``)
+catch those, and the few third-party errors that mean the same (:data:`THIRD_PARTY_USER_ERRORS`),
+print the message and exit with code 2. Anything else is a bug and keeps its traceback.
+
+This module imports nothing but the standard library, so any module can raise these errors and
+printing one never loads Lightning. A new kind of user error is a new subclass: nothing else to edit.
+"""
+
+from __future__ import annotations
 
 import logging
 import sys
 
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-from omegaconf.errors import MissingMandatoryValue
+__all__ = [
+    "ArchitectureError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DataNotFoundError",
+    "FairnasError",
+    "IDXError",
+    "NonFiniteLossError",
+    "RunDirInUse",
+    "RunRecordError",
+    "SearchSpaceError",
+    "StorageError",
+    "UnknownDatasetError",
+    "exit_on_user_error",
+    "user_error",
+]
 
-from fairnas.config_error import ConfigError
-from fairnas.data.errors import DataError
-from fairnas.models.space import ArchitectureError, SearchSpaceError
-from fairnas.search.checkpoint import CheckpointError
-from fairnas.system.systems import NonFiniteLossError
-from fairnas.utils.io import StorageError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ArchitectureError,
-    SearchSpaceError,
-    DataError,
-    FileNotFoundError,
-    ConfigError,
-    CheckpointError,
-    MissingMandatoryValue,
-    NonFiniteLossError,
-    StorageError,  # a full disk or a read-only folder while writing a checkpoint, result or cache
-    MisconfigurationException,  # Lightning's word for impossible Trainer settings (e.g. more devices than exist)
+class FairnasError(Exception):
+    """Bad input a user can fix: the message says which input, what is wrong and what to do."""
+
+
+class ConfigError(FairnasError, ValueError):
+    """A setting (in a config or on the command line) is invalid."""
+
+
+class RunDirInUse(ConfigError):
+    """Another live run holds the run directory."""
+
+
+class StorageError(FairnasError, RuntimeError):
+    """A file could not be written because of the storage (full, read-only, no permission)."""
+
+
+class CheckpointError(FairnasError, ValueError):
+    """A checkpoint is missing, unreadable, or not a fairnas supernet checkpoint."""
+
+
+class RunRecordError(FairnasError, ValueError):
+    """A run record (read from a checkpoint) is not valid data of the schema."""
+
+
+class SearchSpaceError(FairnasError, ValueError):
+    """A search-space description is malformed."""
+
+
+class ArchitectureError(FairnasError, ValueError):
+    """An architecture does not belong to its search space."""
+
+
+class DataError(FairnasError, RuntimeError):
+    """A dataset could not be loaded or is not usable as configured."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """Dataset files are missing; the message says where we looked and how to get them."""
+
+
+class UnknownDatasetError(DataError):
+    """A dataset name that is neither one of fairnas's datamodules nor allowed on the command line."""
+
+
+class IDXError(DataError, ValueError):
+    """An IDX file is malformed, truncated or has an unexpected shape."""
+
+
+class NonFiniteLossError(FairnasError, RuntimeError):
+    """A loss or gradient became NaN or infinite and the policy is to stop."""
+
+
+THIRD_PARTY_USER_ERRORS = (
+    ("builtins", "FileNotFoundError"),  # a path the user gave does not exist
+    ("omegaconf.errors", "MissingMandatoryValue"),  # a ??? setting left unset
+    # Lightning's word for impossible Trainer settings (e.g. more devices than exist)
+    ("lightning_fabric.utilities.exceptions", "MisconfigurationException"),
 )
+"""(module, class) of the errors from dependencies that mean bad input. Looked up in ``sys.modules``
+only: an error of a module that was never imported cannot have been raised."""
 
 
-def user_error(err: BaseException) -> BaseException | None:
+def _third_party() -> tuple[type[BaseException], ...]:
+    found = (getattr(sys.modules.get(module), name, None) for module, name in THIRD_PARTY_USER_ERRORS)
+    return tuple(cls for cls in found if isinstance(cls, type))
+
+
+def user_error(err: BaseException | None) -> BaseException | None:
     """The user-caused error behind ``err`` (looking through Hydra's InstantiationException), else None."""
+    kinds = (FairnasError, *_third_party())
     while err is not None:
-        if isinstance(err, USER_ERRORS):
+        if isinstance(err, kinds):
             return err
         err = err.__cause__
     return None

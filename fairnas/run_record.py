@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fairnas.config_error import ConfigError
 from fairnas.data.registry import DATASETS, class_path, datamodule_class, dataset_name
+from fairnas.errors import ConfigError, RunRecordError
 from fairnas.models.space import ArchitectureError, SearchSpace, SearchSpaceError
 
 __all__ = [
@@ -74,10 +74,6 @@ NOT_COMPARED = frozenset(
 NEVER_ALLOWED = ("search_space", "arch", "optimizer", "scheduler")
 # The default of train.py's resume_allow: extending (or shortening) the budget is what resuming is for.
 ALLOW_ON_RESUME = ("trainer.max_steps", "trainer.max_epochs")
-
-
-class RunRecordError(ValueError):
-    """A run record (read from a checkpoint) is not valid data of the schema."""
 
 
 # ---------------------------------------------------------------------------------- the schema

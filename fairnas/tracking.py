@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 
 # Keys whose values never reach a logger (matched anywhere in a key, case-insensitive).
 SECRET_KEYS = re.compile(r"api_?key|token|secret|passw(or)?d|credential", re.IGNORECASE)

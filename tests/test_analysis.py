@@ -30,7 +30,7 @@ from fairnas.analysis import (
     write_archs,
     write_csv,
 )
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.models import ArchitectureError, CostModel, SearchSpace, Supernet
 
 # ---------------------------------------------------------------- ranking statistics

@@ -151,10 +151,37 @@ def test_a_truncated_image_in_an_image_folder_is_named(tmp_path, check):
 
 
 def test_check_seed():
-    from fairnas.config_error import ConfigError
     from fairnas.data.base import check_seed
+    from fairnas.errors import ConfigError
 
     assert check_seed(0) == 0 and check_seed(2**32 - 1) == 2**32 - 1 and check_seed(3.0) == 3
     for bad in (-1, 2**32, 1.5, True, "x", None):
         with pytest.raises(ConfigError, match=r"dataset.seed must be a whole number in 0\.\.4294967295"):
             check_seed(bad, "dataset.seed")
+
+
+def test_every_user_error_is_one_kind_the_programs_report_and_a_bug_keeps_its_traceback(capsys):
+    import logging
+    import subprocess
+    import sys
+
+    import fairnas.errors as errors
+    from fairnas.errors import FairnasError, exit_on_user_error
+
+    kinds = [getattr(errors, name) for name in errors.__all__ if isinstance(getattr(errors, name), type)]
+    assert len(kinds) == 13 and all(issubclass(kind, FairnasError) for kind in kinds)
+
+    class UnknownPlugin(FairnasError):  # a new kind, defined anywhere: reported with nothing else to edit
+        pass
+
+    wrapped = RuntimeError("instantiating the system failed")  # as Hydra's InstantiationException wraps it
+    wrapped.__cause__ = UnknownPlugin("plugin 'x' is not installed: pip install x")
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(wrapped, logging.getLogger("test"))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: UnknownPlugin: plugin 'x' is not installed: pip install x\n"
+    with pytest.raises(KeyError):  # a bug is re-raised as it is
+        exit_on_user_error(KeyError("bug"), logging.getLogger("test"))
+    # printing a user error never loads Lightning
+    code = "import sys, fairnas.errors; print('lightning_fabric' in sys.modules or 'pytorch_lightning' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

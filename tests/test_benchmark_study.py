@@ -11,7 +11,7 @@ import pytest
 from conftest import load_space, run_entry
 
 from fairnas.analysis.ranking import kendall_tau
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.nas_bench import canonical_key, key_to_arch, load_macro
 from fairnas.study import BenchmarkRankingStudy
 

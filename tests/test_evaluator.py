@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import tiny_space
 
-from fairnas.config_error import ConfigError
 from fairnas.data import SyntheticDataModule
+from fairnas.errors import ConfigError
 from fairnas.models import CostModel, Supernet
 from fairnas.search import DeviceBatches, ResultCache, SupernetEvaluator
 

@@ -22,7 +22,7 @@ import torch
 from conftest import ROOT, Preempted, compose_train, run_entry
 
 from fairnas.cli import train
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 
 # 4 steps per epoch, 2 epochs; augmentation and dropout on, so their random streams matter.
 COMMON = [

@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fairnas.config_error import ConfigError
 from fairnas.data import DataError, SyntheticDataModule
 from fairnas.data.registry import DATASETS, UnknownDatasetError, datamodule_class
+from fairnas.errors import ConfigError
 from fairnas.run_record import (
     SCHEMA_VERSION,
     RunRecord,

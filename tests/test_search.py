@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import yaml
 from conftest import run_entry, tiny_space
 
-from fairnas.config_error import ConfigError
 from fairnas.data import SyntheticDataModule
+from fairnas.errors import ConfigError
 from fairnas.models import CostModel, Supernet
 from fairnas.models.bn import bn_layers, recalibrate
 from fairnas.search import DeviceBatches, ResultCache, SupernetEvaluator, materialise

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.search import (
     EvolutionSearch,
     ListSearch,

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, load_space, run_entry
 from scipy import stats
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.study import Job, JobFailed, RankingStudy, run_jobs
 from fairnas.study.ranking import halving_taus, predicted_ceiling
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 
 StatFn = Callable[[np.ndarray, np.ndarray], float]
 

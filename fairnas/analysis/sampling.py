@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.models.cost import CostModel
 from fairnas.models.space import Arch, ArchitectureError, SearchSpace
 

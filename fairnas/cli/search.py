@@ -24,8 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from fairnas.cli import CONFIG_DIR
-from fairnas.config_error import ConfigError
-from fairnas.errors import exit_on_user_error
+from fairnas.errors import ConfigError, exit_on_user_error
 from fairnas.models import CostModel
 from fairnas.run_record import RunRecord, select_overrides
 from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator, load_supernet

@@ -25,9 +25,8 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fairnas.cli import CONFIG_DIR
-from fairnas.config_error import ConfigError
 from fairnas.data.base import SplitDataModule, check_seed
-from fairnas.errors import exit_on_user_error
+from fairnas.errors import ConfigError, exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.run_record import ALLOW_ON_RESUME, RunRecord, from_train_config, resume_record, training_overrides
 from fairnas.search.checkpoint import load_checkpoint, read_record

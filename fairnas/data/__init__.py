@@ -10,11 +10,11 @@ from fairnas.data.datamodules import (
     SyntheticDataModule,
     default_data_root,
 )
-from fairnas.data.errors import DataError, DataNotFoundError
 from fairnas.data.folder import ImageFolderDataModule, ImageNetDataModule
 from fairnas.data.idx import IDXError, read_idx, write_idx
 from fairnas.data.memory import AUGMENTATIONS, BatchedTensorDataset, InMemoryDataModule, augment_batch
 from fairnas.data.memory_folder import InMemoryImageFolderDataModule
+from fairnas.errors import DataError, DataNotFoundError
 
 __all__ = [
     "AUGMENTATIONS",

@@ -18,8 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 
-from fairnas.config_error import ConfigError
-from fairnas.data.errors import DataError
+from fairnas.errors import ConfigError, DataError
 
 __all__ = [
     "STREAM_AUGMENT",

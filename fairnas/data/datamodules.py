@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import torch
 
 from fairnas.data.base import STREAM_SYNTHETIC, derive_seed
-from fairnas.data.errors import DataError, DataNotFoundError
 from fairnas.data.idx import IDXError, find_idx_file, read_idx
 from fairnas.data.memory import InMemoryArrays, InMemoryDataModule
+from fairnas.errors import DataError, DataNotFoundError
 
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",

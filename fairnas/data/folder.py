@@ -16,8 +16,8 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from fairnas.data.base import SplitDataModule, Splits, split_indices
-from fairnas.data.errors import DataError, DataNotFoundError
 from fairnas.data.memory import normalize_augment
+from fairnas.errors import DataError, DataNotFoundError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderDataModule", "ImageNetDataModule"]
 

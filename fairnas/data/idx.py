@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fairnas.data.errors import DataError
+from fairnas.errors import IDXError
 
 __all__ = ["IDXError", "find_idx_file", "read_idx", "write_idx"]
 
@@ -29,10 +29,6 @@ _CODE_TO_DTYPE: dict[int, np.dtype] = {
 }
 _KIND_TO_CODE: dict[tuple[str, int], int] = {(d.kind, d.itemsize): c for c, d in _CODE_TO_DTYPE.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class IDXError(DataError, ValueError):
-    """An IDX file is malformed, truncated or has an unexpected shape."""
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from fairnas.data.base import STREAM_AUGMENT, SplitDataModule, Splits, derive_seed, split_indices
-from fairnas.data.errors import DataError
+from fairnas.errors import DataError
 
 __all__ = [
     "AUGMENTATIONS",

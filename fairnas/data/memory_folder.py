@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from fairnas.data.datamodules import default_data_root
-from fairnas.data.errors import DataError, DataNotFoundError
 from fairnas.data.memory import InMemoryArrays, InMemoryDataModule
+from fairnas.errors import DataError, DataNotFoundError
 from fairnas.utils.io import _umask
 
 __all__ = ["IMAGE_EXTENSIONS", "InMemoryImageFolderDataModule", "decode_image"]

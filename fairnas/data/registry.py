@@ -19,9 +19,9 @@ from fairnas.data.datamodules import (
     MNISTDataModule,
     SyntheticDataModule,
 )
-from fairnas.data.errors import DataError
 from fairnas.data.folder import ImageFolderDataModule, ImageNetDataModule
 from fairnas.data.memory_folder import InMemoryImageFolderDataModule
+from fairnas.errors import UnknownDatasetError
 
 # Name (the conf/dataset file it comes from) -> datamodule class.
 DATASETS: dict[str, type] = {
@@ -34,10 +34,6 @@ DATASETS: dict[str, type] = {
     "imagenet": ImageNetDataModule,
     "cifar10_folder": InMemoryImageFolderDataModule,
 }
-
-
-class UnknownDatasetError(DataError):
-    """A dataset name that is neither one of fairnas's datamodules nor allowed on the command line."""
 
 
 def class_path(cls: type) -> str:

@@ -29,9 +29,7 @@ import importlib
 import re
 from typing import Any, ClassVar
 
-
-class SearchSpaceError(ValueError):
-    """A search-space description is malformed."""
+from fairnas.errors import SearchSpaceError
 
 
 def conv_cost(size: int, cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> tuple[int, int, int]:

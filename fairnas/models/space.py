@@ -27,15 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fairnas.errors import ArchitectureError
 from fairnas.models.registry import BlockSpec, SearchSpaceError, import_block
 
 Arch = tuple[int, ...]
 
 ACTIVATIONS = ("relu", "relu6", "silu", "hardswish")
-
-
-class ArchitectureError(ValueError):
-    """An architecture does not belong to its search space."""
 
 
 def _whole(where: str, value: Any, minimum: int) -> int:

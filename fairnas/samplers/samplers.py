@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 
 Arch = tuple[int, ...]
 

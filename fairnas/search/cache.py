@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.utils.io import storage_error
 
 # Every record has its architecture and costs; accuracy and latency come when measured.

@@ -14,13 +14,10 @@ from typing import Any
 
 import torch
 
+from fairnas.errors import CheckpointError
 from fairnas.models import Supernet
 from fairnas.models.space import ArchitectureError, SearchSpaceError
 from fairnas.run_record import RunRecord, RunRecordError
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or not a fairnas supernet checkpoint."""
 
 
 def file_digest(path: str | Path, limit: int = 1 << 30) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.models import CostModel, SearchSpace, Supernet, layout
 from fairnas.models.bn import bn_layers, preserved_stats, recalibrate
 from fairnas.search.cache import ResultCache

@@ -37,7 +37,7 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.optimize import minimize
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

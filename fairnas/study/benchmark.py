@@ -30,7 +30,7 @@ import numpy as np
 
 from fairnas.analysis import read_archs, write_archs
 from fairnas.analysis.ranking import bootstrap_ci, kendall_tau
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.models import CostModel, SearchSpace
 from fairnas.nas_bench import arch_to_key, canonical_key, distinct_keys, key_to_arch, load_macro
 from fairnas.study.ranking import GroundTruth, RankingStudy

@@ -28,7 +28,7 @@ import numpy as np
 
 from fairnas.analysis import read_archs, stratified_sample, write_archs
 from fairnas.analysis.ranking import bootstrap_ci, kendall_tau, pearson_r, spearman_rho
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.models import SearchSpace
 from fairnas.study.runner import Job, run_jobs
 from fairnas.utils import write_json_atomic

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 from fairnas.utils import write_json_atomic
 
 log = logging.getLogger("fairnas")

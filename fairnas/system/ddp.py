@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import ConfigError
 
 # Strategy names that mean plain DDP, with the start method each implies.
 _DDP_NAMES = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}

@@ -25,8 +25,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
-from fairnas.config_error import ConfigError
 from fairnas.data.base import check_seed, derive_seed
+from fairnas.errors import ConfigError, NonFiniteLossError
 from fairnas.models import ChildNet, Supernet, layout
 from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
 from fairnas.samplers import PathSampler
@@ -44,10 +44,6 @@ STEP_MODES = ("per_path", "fused")
 
 class PathDivergenceError(RuntimeError):
     """DDP ranks trained different paths in the same step."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss or gradient became NaN or infinite and the policy is to stop."""
 
 
 NONFINITE_POLICIES = ("stop", "skip")

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from fairnas.errors import StorageError
+
 # Errors of the storage, not of the program: reported as one message naming the path.
 STORAGE_ERRNOS = {
     errno.ENOSPC: "the disk is full",
@@ -26,10 +28,6 @@ STORAGE_ERRNOS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
 }
-
-
-class StorageError(RuntimeError):
-    """A file could not be written because of the storage (full, read-only, no permission)."""
 
 
 def storage_error(err: OSError, path: str | Path, what: str = "file") -> StorageError | None:

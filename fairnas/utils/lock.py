@@ -9,17 +9,13 @@ import time
 from pathlib import Path
 from typing import IO
 
-from fairnas.config_error import ConfigError
+from fairnas.errors import RunDirInUse
 
 __all__ = ["LOCK_NAME", "RunDirInUse", "lock_run_dir", "secondary_rank"]
 
 LOCK_NAME = ".run.lock"
 # Set by the launchers that start more processes of one run (torchrun, Lightning's DDP launcher, SLURM, LSF).
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
-
-
-class RunDirInUse(ConfigError):
-    """Another live run holds the run directory."""
 
 
 def secondary_rank() -> bool:
