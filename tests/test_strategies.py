@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from fairnas.errors import ConfigError
 from fairnas.search import (
+    Arch,
     EvolutionSearch,
     ListSearch,
     NSGA2Search,
@@ -25,9 +26,8 @@ from fairnas.search import (
     pareto_front,
     sample_feasible,
 )
-from fairnas.search.strategies import ENUMERATE_LIMIT, MAX_DRAWS_PER_SAMPLE
+from fairnas.search.problem import ENUMERATE_LIMIT, MAX_DRAWS_PER_SAMPLE
 
-Arch = tuple[int, ...]
 L, M = 5, 4  # 1024 architectures: small enough to enumerate
 
 
@@ -99,6 +99,25 @@ STRATEGIES = {
     "evolution": lambda seed, **kw: EvolutionSearch(20, 8, 5, 0.2, 10, 10, seed=seed, **kw),
     "nsga2": lambda seed, **kw: NSGA2Search(20, 8, ["madds"], seed=seed, **kw),
 }
+
+
+class Greedy(SearchStrategy):
+    """A strategy written outside the package: on the public base alone, it asks everything twice."""
+
+    def search(self, problem: SearchProblem) -> list[Arch]:
+        oracle = self.oracle(problem)
+        archs = sample_feasible(np.random.default_rng(self.seed), problem, self.limits, 30)
+        oracle(archs[:20])
+        oracle(archs)  # the first 20 again: only the 10 new ones reach the supernet
+        return oracle.order
+
+
+def test_a_new_strategy_on_the_public_base_gets_the_once_per_architecture_rule():
+    found, toy = run(Greedy(seed=3, max_madds=Toy().median_madds()))
+    assert len(found) == 30 and toy.calls == 2 and toy.progress == [20, 10]
+    over = next(a for a in toy.all_archs() if toy.costs(a)["madds"] > toy.median_madds())
+    with pytest.raises(AssertionError, match="violates the limits"):
+        Greedy(max_madds=toy.median_madds()).oracle(toy.problem())([over])
 
 
 # ---------------------------------------------------------------- list

@@ -24,7 +24,7 @@ Matrices = Mapping[Any, np.ndarray] | Sequence[np.ndarray]
 
 def _layer_index(supernet: Supernet, layer: int) -> int:
     """Index in ``space.layers`` of searchable layer ``layer``."""
-    searchable = [i for i, spec in enumerate(supernet.space.layers) if spec.searchable]
+    searchable = supernet.space.searchable_indices
     if not 0 <= layer < len(searchable):
         raise ValueError(
             f"layer {layer} is not a searchable layer: the space has {len(searchable)} (0..{len(searchable) - 1})"

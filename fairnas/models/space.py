@@ -27,10 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fairnas.arch import Arch, format_arch
 from fairnas.errors import ArchitectureError
 from fairnas.models.registry import BlockSpec, SearchSpaceError, import_block
-
-Arch = tuple[int, ...]
 
 ACTIVATIONS = ("relu", "relu6", "silu", "hardswish")
 
@@ -215,7 +214,13 @@ class SearchSpace:
 
     @property
     def searchable_layers(self) -> tuple[LayerSpec, ...]:
+        """The searchable layers, in order: an architecture has one choice index for each."""
         return tuple(layer for layer in self.layers if layer.searchable)
+
+    @property
+    def searchable_indices(self) -> tuple[int, ...]:
+        """Where each searchable layer sits in ``layers`` (searchable layer k is ``layers[searchable_indices[k]]``)."""
+        return tuple(i for i, layer in enumerate(self.layers) if layer.searchable)
 
     @property
     def num_layers(self) -> int:
@@ -297,10 +302,7 @@ class SearchSpace:
             indices.append(index)
         return tuple(indices)
 
-    @staticmethod
-    def format_arch(arch: Sequence[int]) -> str:
-        """The canonical string form of an architecture, e.g. ``'4-0-4-1'``."""
-        return "-".join(str(int(c)) for c in arch)
+    format_arch = staticmethod(format_arch)
 
     def describe_arch(self, arch: Sequence[int]) -> list[str]:
         """Block strings of the chosen blocks, one per searchable layer."""

@@ -92,8 +92,7 @@ class Supernet(nn.Module):
 
     def choice_blocks(self, layer: int) -> nn.ModuleList:
         """The m candidate blocks of searchable layer ``layer``."""
-        index = [i for i, spec in enumerate(self.space.layers) if spec.searchable][layer]
-        return self.layers[index]
+        return self.layers[self.space.searchable_indices[layer]]
 
     def export(self, arch: Sequence[int]) -> ChildNet:
         """A stand-alone copy of one path with the supernet's (inherited) weights and BN statistics."""

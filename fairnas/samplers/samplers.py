@@ -20,9 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fairnas.arch import Arch
 from fairnas.errors import ConfigError
-
-Arch = tuple[int, ...]
 
 
 class PathSampler(ABC):

@@ -15,18 +15,18 @@ node keeps its own recalibrated BN statistics, and the numbers are bit for bit t
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fairnas.errors import ConfigError
 from fairnas.models import CostModel, SearchSpace, Supernet, layout
 from fairnas.models.bn import bn_layers, preserved_stats, recalibrate
+from fairnas.models.path_tree import PathTree
 from fairnas.search.cache import ResultCache
 
 Batch = tuple[Tensor, Tensor]
@@ -197,31 +197,29 @@ class SupernetEvaluator:
         """
         paths = [tuple(int(c) for c in a) for a in archs]
         unique = list(dict.fromkeys(paths))
-        tree = _PathTree(self.supernet, unique)
+        tree = PathTree(self.supernet, unique)
         top5 = self.num_classes > 5
         scores = [_Score(top5) for _ in unique]
+        tree.calibrate(self._batch(x) for x, _ in self.calibration)
         with tree.installed():
-            tree.set_training(True)
-            for x, _ in self.calibration:
-                tree.run(self._batch(x), None)
             tree.set_training(False)
             for x, y in self.validation:
-                for leaf, logits in enumerate(self._logits(tree, self._batch(x), len(unique))):
+                for leaf, logits in enumerate(self._logits(tree, self._batch(x))):
                     scores[leaf].add(logits, y)
         self.evaluations += len(unique)
         by_path = {p: s.result() for p, s in zip(unique, scores, strict=True)}
         return [dict(by_path[p]) for p in paths]
 
-    def _logits(self, tree: _PathTree, x: Tensor, leaves: int) -> list[Tensor]:
+    def _logits(self, tree: PathTree, x: Tensor) -> list[Tensor]:
         """Every path's logits for the validation batch ``x``, computed in chunks where that is exact."""
         chunk = self.chunk_size
         if chunk is None or chunk >= len(x):
-            return _collect(tree, x, leaves)
-        parts = [_collect(tree, x[i : i + chunk], leaves) for i in range(0, len(x), chunk)]
-        logits = [torch.cat([p[leaf] for p in parts]) for leaf in range(leaves)]
+            return tree.collect(x)
+        parts = [tree.collect(x[i : i + chunk]) for i in range(0, len(x), chunk)]
+        logits = [torch.cat([p[leaf] for p in parts]) for leaf in range(tree.num_paths)]
         if not self._chunks_checked:
             self._chunks_checked = True
-            whole = _collect(tree, x, leaves)
+            whole = tree.collect(x)
             if not all(torch.equal(a, b) for a, b in zip(logits, whole, strict=True)):
                 self.chunk_size = None  # this machine's kernels depend on the batch size: whole batches only
                 return whole
@@ -265,12 +263,6 @@ class SupernetEvaluator:
         return statistics.median(times)
 
 
-def _collect(tree: _PathTree, x: Tensor, leaves: int) -> list[Tensor]:
-    out: list[Tensor] = [x] * leaves
-    tree.run(x, out.__setitem__)
-    return out
-
-
 class _Score:
     """Top-1 (and top-5) hits and the summed cross-entropy of one architecture, batch after batch."""
 
@@ -294,87 +286,3 @@ class _Score:
         if self.top5:
             out["acc5"] = self.correct5 / self.total
         return out
-
-
-_BN = nn.modules.batchnorm._BatchNorm
-_STATS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-class _Node:
-    """One module of a path in the prefix tree, with the BN statistics it has under its prefix."""
-
-    __slots__ = ("module", "bns", "stats", "children", "leaf")
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.bns = bn_layers([module])
-        # What reset_running_stats() leaves: mean 0, variance 1, no batch counted.
-        self.stats = [
-            (torch.zeros_like(m.running_mean), torch.ones_like(m.running_var), torch.zeros_like(m.num_batches_tracked))
-            for m in self.bns
-        ]
-        self.children: dict[int, _Node] = {}
-        self.leaf: int | None = None  # the path (index) whose head this node is
-
-
-class _PathTree:
-    """The paths of a supernet merged on their common prefixes: stem -> one block per layer -> head.
-
-    Each node owns BN statistics (initially reset) that :meth:`installed` swaps into the
-    supernet's BN layers, by reference, whenever the node runs: training-mode passes then update
-    the node's own tensors in place, exactly as :func:`fairnas.models.bn.recalibrate` updates
-    the layers' tensors for a single path.
-    """
-
-    def __init__(self, supernet: Supernet, paths: Sequence[tuple[int, ...]]) -> None:
-        self.root = _Node(supernet.stem)
-        self.bns = {id(m): m for m in self.root.bns}
-        for index, arch in enumerate(paths):
-            node = self.root
-            for block in supernet.blocks(arch):  # validates the path
-                child = node.children.get(id(block))  # a block belongs to one layer: it names the choice
-                if child is None:
-                    child = node.children[id(block)] = _Node(block)
-                    self.bns.update((id(m), m) for m in child.bns)
-                node = child
-            head = node.children[-1 - index] = _Node(supernet.head)  # one head per path: its own statistics
-            head.leaf = index
-            self.bns.update((id(m), m) for m in head.bns)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """Lets the nodes swap their statistics in; the layers' own tensors, modes and momenta come back after."""
-        saved = [(m, {k: m._buffers[k] for k in _STATS}, m.training, m.momentum) for m in self.bns.values()]
-        try:
-            yield
-        finally:
-            for m, buffers, training, momentum in saved:
-                m._buffers.update(buffers)
-                m.train(training)
-                m.momentum = momentum
-
-    def set_training(self, training: bool) -> None:
-        """Training mode with a cumulative average (calibration) or evaluation mode, for the BN layers only."""
-        for m in self.bns.values():
-            m.train(training)
-            if training:
-                m.momentum = None
-
-    def run(self, x: Tensor, visit: Callable[[int, Tensor], None] | None) -> None:
-        """One batch through every path; ``visit(path index, logits)`` at each head."""
-        self._run(self.root, x, visit)
-
-    def _run(self, node: _Node, x: Tensor, visit: Callable[[int, Tensor], None] | None) -> None:
-        while True:
-            for m, stats in zip(node.bns, node.stats, strict=True):
-                m._buffers.update(zip(_STATS, stats))
-            x = node.module(x)  # along a chain without branches only the newest activation is kept
-            if node.leaf is not None:
-                if visit is not None:
-                    visit(node.leaf, x)
-                return
-            if len(node.children) != 1:
-                break
-            (node,) = node.children.values()
-        for child in node.children.values():
-            self._run(child, x, visit)

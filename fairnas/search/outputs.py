@@ -10,14 +10,14 @@ from typing import Any
 
 import yaml
 
-from fairnas.search.strategies import pareto_front
+from fairnas.search.pareto import pareto_front
+from fairnas.search.problem import LIMIT_COSTS
 from fairnas.utils import write_text_atomic
 
 # name: the space's name(s) for the architecture; searched: False for a named model evaluated only
 # because it is named (not proposed by the strategy), so a strategy's sample can still be told apart.
 COLUMNS = ("arch", "name", "searched", "blocks", "acc1", "acc5", "loss", "madds", "params", "latency_ms")
 ENTRY_KEYS = ("arch", "name", "searched", "blocks", "acc1", "acc5", "madds", "params", "latency_ms")
-LIMIT_KEYS = {"max_madds": "madds", "max_params": "params", "max_latency_ms": "latency_ms"}
 
 
 def with_named(records: Sequence[Mapping[str, Any]], named: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -39,7 +39,7 @@ def with_named(records: Sequence[Mapping[str, Any]], named: Mapping[str, Mapping
 
 
 def within_limits(record: Mapping[str, Any], limits: Mapping[str, float | None]) -> bool:
-    return all(v is None or record[LIMIT_KEYS[k]] <= v for k, v in limits.items() if k in LIMIT_KEYS)
+    return all(v is None or record[LIMIT_COSTS[k]] <= v for k, v in limits.items() if k in LIMIT_COSTS)
 
 
 def best_of(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float | None]) -> Mapping[str, Any] | None:
