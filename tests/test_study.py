@@ -12,9 +12,9 @@ import pytest
 from conftest import ROOT, load_space, run_entry
 from scipy import stats
 
+from fairnas.analysis.ceiling import halving_taus, predicted_ceiling
 from fairnas.errors import ConfigError
 from fairnas.study import Job, JobFailed, RankingStudy, run_jobs
-from fairnas.study.ranking import halving_taus, predicted_ceiling
 
 # A stand-in for train.py: writes results.json into hydra.run.dir, or fails when asked to.
 FAKE_TRAIN = """

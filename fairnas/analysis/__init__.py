@@ -1,5 +1,6 @@
 """Analysis for ranking studies: rank statistics with bootstrap intervals, cost-stratified samples, block similarity."""
 
+from fairnas.analysis.ceiling import halving_taus, predicted_ceiling
 from fairnas.analysis.ranking import (
     bootstrap_ci,
     kendall_tau,
@@ -20,12 +21,14 @@ __all__ = [
     "block_similarity",
     "bootstrap_ci",
     "extreme_archs",
+    "halving_taus",
     "kendall_tau",
     "markdown_table",
     "paired_bootstrap_diff",
     "partial_kendall_tau",
     "pearson_r",
     "plot_similarity",
+    "predicted_ceiling",
     "ranking_report",
     "read_archs",
     "similarity_summary",

@@ -33,7 +33,8 @@ from fairnas.analysis.ranking import bootstrap_ci, kendall_tau
 from fairnas.errors import ConfigError
 from fairnas.models import CostModel, SearchSpace
 from fairnas.nas_bench import arch_to_key, canonical_key, distinct_keys, key_to_arch, load_macro
-from fairnas.study.ranking import GroundTruth, RankingStudy
+from fairnas.study.ground_truth import GroundTruth
+from fairnas.study.ranking_study import RankingStudy
 from fairnas.study.runner import Job
 from fairnas.utils import write_json_atomic, write_text_atomic
 
