@@ -148,6 +148,25 @@ def test_validation_recalibrates_bn_per_architecture_and_restores_the_supernet()
     assert metrics["val/acc_max"] == pytest.approx(max(accs), abs=1e-6)
 
 
+def test_validation_and_the_search_evaluator_give_the_same_accuracies():
+    from fairnas.models import CostModel
+    from fairnas.search import SupernetEvaluator, materialise
+
+    system = make(lr=0.3)
+    dm = SyntheticDataModule(image_size=8, channels=3, num_classes=4, num_train=64, num_val=40, batch_size=8)
+    trainer = fit(system, dm, max_epochs=2)
+    metrics = trainer.validate(system, datamodule=dm, verbose=False)[0]
+    calibration = materialise(
+        dm.calibration_dataloader(system.val_bn_batches, seed=system.val_seed), None, system.device
+    )
+    evaluator = SupernetEvaluator(system.supernet, calibration, materialise(dm.val_dataloader(), None, system.device),
+                                  CostModel.create(system.supernet.space))  # fmt: skip
+    accs = evaluator.accuracy(system.eval_archs)
+    assert len(set(accs)) > 1, "the check needs architectures that score differently"
+    assert (metrics["val/acc_min"], metrics["val/acc_max"]) == pytest.approx((min(accs), max(accs)), abs=1e-7)
+    assert metrics["val/acc_mean"] == pytest.approx(np.mean(accs), abs=1e-7)
+
+
 def test_gradients_are_clipped_once_per_optimizer_step():
     system = make(lr=0.0, grad_clip=1e-3)
     fit(system, DataLoader(data(8), batch_size=8), max_steps=1, limit_val_batches=0)

@@ -1,10 +1,12 @@
-"""BatchNorm recalibration of one path of a supernet.
+"""BatchNorm statistics: recalibration of one path of a supernet, and snapshots to undo changes.
 
 A supernet's running BN statistics mix every path it was trained with, so a single path evaluated
 with them is misjudged. Standard practice (SPOS, OFA, FairNAS reimplementations) is to reset the
 statistics of the path's BN layers and re-estimate them on a fixed set of training batches before
-evaluating it. These helpers do that, and snapshot/restore statistics so evaluating never changes
-the supernet's state.
+evaluating it. These helpers do that (:func:`recalibrate`; many paths at once:
+:class:`fairnas.models.path_tree.PathTree`), and :class:`BNSnapshot` saves and restores statistics:
+evaluating never changes the supernet's state, and training undoes the statistics of a NaN/inf
+update.
 """
 
 from __future__ import annotations
@@ -40,14 +42,45 @@ def set_stats(layers: Sequence[nn.modules.batchnorm._BatchNorm], stats: BNStats)
             m.num_batches_tracked.copy_(count)
 
 
+class BNSnapshot:
+    """A copy of the running statistics of BN layers, taken by :meth:`save`, put back by :meth:`restore`.
+
+    The copies are allocated once and refilled in place with one fused copy (``torch._foreach_copy_``),
+    so a training step can save every step at the cost of a memcpy.
+
+    Args:
+        layers: The BN layers (e.g. :func:`bn_layers` of a module).
+    """
+
+    def __init__(self, layers: Sequence[nn.modules.batchnorm._BatchNorm]) -> None:
+        self.buffers = [b for m in layers for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
+        self.copies = [b.clone() for b in self.buffers]
+
+    def save(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.copies, self.buffers)
+
+    def restore(self) -> None:
+        if self.buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(self.buffers, self.copies)
+
+    def finite(self) -> Tensor:
+        """A 0-d float tensor: 0 when every live statistic is finite, 1 when one is NaN/inf (ready to all-reduce)."""
+        stats = [b for b in self.buffers if b.is_floating_point()]
+        if not stats:
+            return torch.zeros(())
+        return (~torch.stack(torch._foreach_norm(stats)).isfinite()).any().to(torch.float32)
+
+
 @contextlib.contextmanager
 def preserved_stats(layers: Sequence[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
     """Restores the running statistics of ``layers`` on exit, whatever happens inside."""
-    saved = get_stats(layers)
+    snapshot = BNSnapshot(layers)
     try:
         yield
     finally:
-        set_stats(layers, saved)
+        snapshot.restore()
 
 
 @torch.no_grad()

@@ -28,7 +28,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from fairnas.data.base import check_seed, derive_seed
 from fairnas.errors import ConfigError, NonFiniteLossError
 from fairnas.models import ChildNet, Supernet, layout
-from fairnas.models.bn import BNStats, bn_layers, get_stats, recalibrate, set_stats
+from fairnas.models.bn import BNSnapshot, bn_layers
+from fairnas.models.path_tree import PathTree
 from fairnas.samplers import PathSampler
 from fairnas.system.optim import param_groups, schedule_difference
 from fairnas.system.resume import align_loop_state
@@ -99,8 +100,7 @@ class _ClassifierSystem(pl.LightningModule):
         self.metadata = dict(metadata or {})
         self.updates_per_batch = 1
         self.last_validated_step = -1
-        self._bn_buffers: list[Tensor] | None = None  # BN running statistics, found on first use
-        self._bn_backup: list[Tensor] = []
+        self._bn_snapshot: BNSnapshot | None = None  # the BN running statistics before the update, made on first use
         self.schedule_horizon: int | None = None  # optimizer steps the LR schedule spans (checkpointed)
         self._resumed: tuple[int, int | None] | None = None  # (step, schedule horizon) of the checkpoint resumed
 
@@ -210,30 +210,24 @@ class _ClassifierSystem(pl.LightningModule):
 
     def _backup_bn_stats(self) -> None:
         """Copies the BN running statistics before an update, so a NaN/inf forward can be undone."""
-        if self._bn_buffers is None:
-            self._bn_buffers = [
-                b for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-                for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-            ]  # fmt: skip
-            self._bn_backup = [b.clone() for b in self._bn_buffers]
-        if self._bn_buffers:
-            torch._foreach_copy_(self._bn_backup, self._bn_buffers)
+        if self._bn_snapshot is None:
+            self._bn_snapshot = BNSnapshot(bn_layers([self]))
+        self._bn_snapshot.save()
 
     def _bn_stats_finite(self) -> bool:
         """Whether every BN running statistic is finite after this update's forwards (the same answer on
         every DDP rank: each rank's statistics come from its own batches, so the verdict is all-reduced)."""
-        stats = [b for b in self._bn_buffers or [] if b.is_floating_point()]
-        if not stats:
+        if self._bn_snapshot is None:
             return True
-        bad = (~torch.stack(torch._foreach_norm(stats)).isfinite()).any().to(torch.float32)
+        bad = self._bn_snapshot.finite().to(self.device)
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="max")
         return not bool(bad)
 
     def _nonfinite_update(self, optimizer: Any, what: str = "the loss or a gradient") -> None:
         optimizer.zero_grad(set_to_none=True)
-        if self._bn_buffers:
-            torch._foreach_copy_(self._bn_buffers, self._bn_backup)  # the poisoned forwards updated them
+        if self._bn_snapshot is not None:
+            self._bn_snapshot.restore()  # the poisoned forwards updated them
         self.nonfinite_steps += 1
         self.log("train/nonfinite_steps", self.nonfinite_steps.float())
         step = self.global_step
@@ -365,8 +359,7 @@ class SupernetSystem(_ClassifierSystem):
         self.path_check_every = path_check_every
         self.val_seed = val_seed
         self.val_bn_batches = val_bn_batches
-        self._val_bn: list[tuple[list, BNStats]] | None = None
-        self._saved_bn: BNStats | None = None
+        self._val_tree: PathTree | None = None  # the validation paths, recalibrated, during a validation epoch
         self.updates_per_batch = sampler.updates_per_step
         space = supernet.space
         rng = np.random.default_rng(check_seed(val_seed, "system.val_seed"))
@@ -464,11 +457,11 @@ class SupernetSystem(_ClassifierSystem):
         self._calibrate_val_archs()
 
     def on_validation_epoch_end(self) -> None:
-        self._restore_bn()
+        self._val_tree = None
         self._log_accuracies("val")
 
     def on_test_epoch_end(self) -> None:
-        self._restore_bn()
+        self._val_tree = None
         self._log_accuracies("test")
 
     def _calibration_loader(self) -> Iterable | None:
@@ -486,37 +479,25 @@ class SupernetSystem(_ClassifierSystem):
             yield layout.as_layout(batch[0].to(self.device, self.dtype), self.memory_format)
 
     def _calibrate_val_archs(self) -> None:
-        """Per validation architecture: BN statistics re-estimated on the same calibration batches."""
+        """The K validation architectures as one :class:`~fairnas.models.path_tree.PathTree`, each path's BN
+        statistics re-estimated on the same calibration batches: the search evaluator's own code path."""
         loader = self._calibration_loader() if self.val_bn_batches else None
-        if loader is None:
-            if self.val_bn_batches:
-                rank_zero_warn(
-                    "the datamodule has no calibration_dataloader(num_batches, seed): validating with the "
-                    "supernet's own BN statistics (set system.val_bn_batches=0 to silence this)"
-                )
-            return
-        all_bn = bn_layers([self.supernet])
-        self._saved_bn = get_stats(all_bn)
-        self._val_bn = []
-        for arch in self.eval_archs:
-            layers = bn_layers(self.supernet.path_modules(arch))
-            stats = recalibrate(lambda x, a=arch: self.supernet(x, a), layers, self._calibration_batches(loader))
-            self._val_bn.append((layers, stats))
-        set_stats(all_bn, self._saved_bn)
-
-    def _restore_bn(self) -> None:
-        if self._saved_bn is not None:
-            set_stats(bn_layers([self.supernet]), self._saved_bn)
-        self._val_bn = self._saved_bn = None
+        if loader is None and self.val_bn_batches:
+            rank_zero_warn(
+                "the datamodule has no calibration_dataloader(num_batches, seed): validating with the "
+                "supernet's own BN statistics (set system.val_bn_batches=0 to silence this)"
+            )
+        self._val_tree = PathTree(self.supernet, self.eval_archs, own_stats=loader is None)
+        if loader is not None:
+            self._val_tree.calibrate(self._calibration_batches(loader))
 
     def _evaluate(self, batch: Sequence[Tensor], stage: str) -> None:
         """Accuracy of the K fixed architectures with the supernet's weights."""
         x, y = self._inputs(batch)
+        if self._val_tree is None:  # validation_step outside a validation epoch (e.g. called by hand)
+            self._calibrate_val_archs()
         losses = []
-        for k, (arch, metric) in enumerate(zip(self.eval_archs, self.val_acc, strict=True)):
-            if self._val_bn is not None:
-                set_stats(*self._val_bn[k])
-            logits = self.supernet(x, arch)
+        for logits, metric in zip(self._val_tree.logits(x), self.val_acc, strict=True):
             losses.append(F.cross_entropy(logits, y))
             metric.update(logits, y)
         if losses:
