@@ -397,6 +397,8 @@ def test_synthetic() -> None:
     no_test = SyntheticDataModule(8, 1, 2, num_train=8, num_val=4, num_test=0, batch_size=4)
     with pytest.raises(DataError, match="no test split"):
         no_test.test_dataloader()
+    with pytest.raises(DataError, match=r"set dataset.num_val \(now 4\), not val_size \(0.2\)"):
+        SyntheticDataModule(8, 1, 2, num_train=8, num_val=4, val_size=0.2)
 
 
 # ----------------------------------------------------------------------------- image folders

@@ -22,6 +22,11 @@ class SaveOnInterrupt(Callback):
     it is written to a temporary file beside it and renamed, so an interruption during the save
     cannot corrupt it.
 
+    Why not Lightning's ``OnExceptionCheckpoint``: it saves on *every* exception, so a NaN stop or a
+    bug would overwrite ``last.ckpt`` with a state that should not be resumed; it needs a fixed
+    ``dirpath`` instead of following the ModelCheckpoint's folder; and its ``teardown`` deletes the
+    file it wrote. This callback saves only on an interruption of fit, and keeps the file.
+
     Args:
         dirpath: Folder of the checkpoint (default: the ModelCheckpoint folder, else
             ``<default_root_dir>/checkpoints``).

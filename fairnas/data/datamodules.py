@@ -286,8 +286,8 @@ class SyntheticDataModule(InMemoryDataModule):
     prototype and uniform noise, so the task is learnable (a smoke run's accuracy can rise)
     yet needs no files. Everything is drawn from a generator seeded by ``seed``.
 
-    The validation split is generated separately with ``num_val`` samples: ``val_size`` is
-    accepted for interface compatibility but ignored.
+    The validation split is generated separately with ``num_val`` samples; ``val_size`` (the
+    held-out split of file datasets) does not apply and is refused if set, never silently dropped.
 
     Args:
         image_size: Image height and width.
@@ -323,7 +323,11 @@ class SyntheticDataModule(InMemoryDataModule):
         split_seed: int | None = None,
         num_workers: int = 0,
     ) -> None:
-        del val_size  # the validation split is generated (num_val), not held out
+        if val_size is not None:
+            raise DataError(
+                f"dataset=synthetic generates its validation split: set dataset.num_val (now {num_val}), "
+                f"not val_size ({val_size!r}), which only file datasets hold out of their training images"
+            )
         super().__init__(
             num_classes=num_classes,
             in_channels=channels,

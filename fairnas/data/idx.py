@@ -2,6 +2,12 @@
 
 An IDX file is: two zero bytes, a dtype code byte, a dimension-count byte, one big-endian
 uint32 per dimension, then the row-major data in big-endian order. Files may be gzip-compressed.
+
+Why not torchvision's reader (``torchvision.datasets.mnist.read_sn3_pascalvincent_tensor``): it
+reads only uncompressed files, while Debian's ``dataset-fashion-mnist`` package (fairnas' default
+source) ships them gzipped, and it checks a file with bare ``assert``s, so a truncated or foreign
+file gives an AssertionError with no message instead of the errors of docs/bad-inputs.md. The
+writer makes the IDX files of the tests.
 """
 
 from __future__ import annotations
