@@ -2,7 +2,7 @@
 
 On CPU with a fixed seed: weights, BN statistics, block-usage counts, optimizer (momentum) and
 scheduler state, global step and the final metrics. Covers every kind of checkpoint (end of epoch,
-end of training, a max_steps stop, a step checkpoint, SIGTERM, a SLURM hpc checkpoint, SIGKILL),
+end of training, a max_steps stop, a step checkpoint, SIGTERM, Ctrl+C, a SLURM hpc checkpoint, SIGKILL),
 with and without trainer.limit_train_batches, supernet and stand-alone runs, augmentation and
 dropout (their random streams must continue too).
 """
@@ -151,7 +151,7 @@ SMALL = [
 
 # name: (overrides, batches an epoch, every_n_train_steps landing mid-epoch and never on an epoch end)
 LIMITS = {"full-epochs": ([], 4, 3), "limit_train_batches=3": (["trainer.limit_train_batches=3"], 3, 2)}
-KINDS = ["end-of-epoch", "end-of-training", "older-end-of-training", "max_steps", "step", "sigterm", "hpc"]
+KINDS = ["end-of-epoch", "end-of-training", "older-end-of-training", "max_steps", "step", "sigterm", "sigint", "hpc"]
 
 
 def fit(run: Path, *overrides: str) -> dict:
@@ -194,6 +194,13 @@ def test_a_run_continued_from_any_kind_of_checkpoint_is_the_uninterrupted_run(re
             fit(first, *overrides, "+callbacks.sigterm._target_=conftest.SigtermAt", "+callbacks.sigterm.step=2")
         assert stop.value.code == 128 + signal.SIGTERM
         start = first / "checkpoints" / "last.ckpt"
+    elif kind == "sigint":  # Ctrl+C halfway through step 2's update: the run finishes step 2, saves, exits 130
+        with pytest.raises(SystemExit) as stop:
+            fit(first, *overrides, "+callbacks.sigint._target_=conftest.SigintAt", "+callbacks.sigint.step=2")
+        assert stop.value.code == 128 + signal.SIGINT
+        start = first / "checkpoints" / "last.ckpt"
+        assert ckpt(start)["global_step"] == 2
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl+C is plain again after fit
     else:  # a SLURM pre-emption: hpc_ckpt_1.ckpt at step 2, newer than last.ckpt of step 1
         with pytest.raises(Preempted):
             fit(first, *overrides, "callbacks.model_checkpoint.every_n_train_steps=1",
