@@ -59,6 +59,12 @@ def assert_same_state(a: Path, b: Path) -> None:
     assert x["lr_schedulers"] == y["lr_schedulers"]
 
 
+def assert_same_training(a: Path, b: Path) -> None:
+    """:func:`assert_same_state`, and the same block-usage counts."""
+    assert_same_state(a, b)
+    assert torch.equal(ckpt(a)["state_dict"]["block_usage"], ckpt(b)["state_dict"]["block_usage"])
+
+
 def results(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())
 
@@ -158,15 +164,20 @@ def fit(run: Path, *overrides: str) -> dict:
     return train.train(compose_train(run, *SMALL, *overrides))
 
 
+def step_checkpoints(folder: Path, every: int) -> list[str]:
+    """Overrides adding a second ModelCheckpoint, saving to ``folder`` after every ``every`` training steps
+    (``*step=<n>.ckpt``); the default one keeps writing last.ckpt at the end."""
+    steps = "+callbacks.steps."
+    return [f"{steps}_target_=pytorch_lightning.callbacks.ModelCheckpoint", f"{steps}dirpath={folder}",
+            f"{steps}every_n_train_steps={every}", f"{steps}save_top_k=-1"]  # fmt: skip
+
+
 @pytest.fixture(scope="module", params=list(LIMITS))
 def reference(request, tmp_path_factory) -> dict:
     """The uninterrupted run; it also keeps an end-of-epoch and a mid-epoch step checkpoint."""
     overrides, per_epoch, every = LIMITS[request.param]
     run = tmp_path_factory.mktemp("reference")
-    steps = "+callbacks.steps."  # a second ModelCheckpoint, saving after training step `every`
-    fit(run, *overrides, "callbacks.model_checkpoint.save_top_k=-1", f"{steps}dirpath={run / 'steps'}",
-        f"{steps}_target_=pytorch_lightning.callbacks.ModelCheckpoint", f"{steps}every_n_train_steps={every}",
-        f"{steps}save_top_k=-1")  # fmt: skip
+    fit(run, *overrides, "callbacks.model_checkpoint.save_top_k=-1", *step_checkpoints(run / "steps", every))
     assert results(run)["global_step"] == 2 * per_epoch
     return {"run": run, "overrides": overrides, "per_epoch": per_epoch, "every": every}
 
@@ -211,11 +222,23 @@ def test_a_run_continued_from_any_kind_of_checkpoint_is_the_uninterrupted_run(re
     # continued as a requeued job or an extension would be: to the same total step count (2 epochs)
     done = fit(continued, *overrides, f"ckpt_path='{start}'", f"trainer.max_steps={2 * reference['per_epoch']}")
     assert done["global_step"] == 2 * reference["per_epoch"] and "train/loss" in results(continued)
-    assert_same_state(ref / "checkpoints" / "last.ckpt", continued / "checkpoints" / "last.ckpt")
-    assert torch.equal(
-        ckpt(ref / "checkpoints" / "last.ckpt")["state_dict"]["block_usage"],
-        ckpt(continued / "checkpoints" / "last.ckpt")["state_dict"]["block_usage"],
-    )
+    assert_same_training(ref / "checkpoints" / "last.ckpt", continued / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize("reference", ["full-epochs"], indirect=True)
+def test_a_run_with_loader_workers_resumes_exactly_and_trains_as_without_them(reference: dict, tmp_path):
+    # Two worker processes; a step checkpoint in the middle of epoch 1 (after its batch 2 of 4), so the
+    # workers' first indices must already come from epoch 1's order, the trained ones skipped.
+    workers, at = "dataset.num_workers=2", reference["per_epoch"] + 2
+    straight, continued = tmp_path / "straight", tmp_path / "continued"
+    fit(straight, workers, *step_checkpoints(straight / "steps", at))
+    start = next((straight / "steps").glob(f"*step={at}.ckpt"))
+    assert ckpt(start)["global_step"] == at
+    fit(continued, workers, f"ckpt_path='{start}'", f"trainer.max_steps={2 * reference['per_epoch']}")
+    last = Path("checkpoints") / "last.ckpt"
+    assert_same_training(straight / last, continued / last)
+    # the data order, augmentation and dropout do not depend on the number of workers
+    assert_same_training(reference["run"] / last, straight / last)
 
 
 @pytest.mark.parametrize("limit", list(LIMITS))
