@@ -164,7 +164,7 @@ def fit(run: Path, *overrides: str) -> dict:
     return train.train(compose_train(run, *SMALL, *overrides))
 
 
-def step_checkpoints(folder: Path, every: int) -> list[str]:
+def step_checkpoints(folder: Path | str, every: int) -> list[str]:
     """Overrides adding a second ModelCheckpoint, saving to ``folder`` after every ``every`` training steps
     (``*step=<n>.ckpt``); the default one keeps writing last.ckpt at the end."""
     steps = "+callbacks.steps."
@@ -239,6 +239,29 @@ def test_a_run_with_loader_workers_resumes_exactly_and_trains_as_without_them(re
     assert_same_training(straight / last, continued / last)
     # the data order, augmentation and dropout do not depend on the number of workers
     assert_same_training(reference["run"] / last, straight / last)
+
+
+def test_a_ddp_run_resumed_at_an_epoch_end_is_the_uninterrupted_ddp_run(tmp_path):
+    """The README's claim for DDP: a resume from an end-of-epoch checkpoint, or from an
+    every_n_train_steps one at an epoch's end, is exact (mid-epoch, Lightning's sampler is not resumable)."""
+    # One -m sweep of 2-process CPU DDP jobs (gloo), 2 batches a rank an epoch, 2 epochs: job 0 runs
+    # uninterrupted; jobs 1 and 2 continue its end-of-epoch-0 checkpoint and its step checkpoint of step 2.
+    straight = tmp_path / "0"
+    starts = [straight / "checkpoints" / "step2.ckpt", straight / "steps" / "epoch=0-step=2.ckpt"]
+    proc = run_entry(
+        "train.py", "-m", *SMALL, "trainer.accelerator=cpu", "trainer.devices=2",
+        "callbacks.model_checkpoint.save_top_k=-1", *step_checkpoints("${paths.output_dir}/steps", 2),
+        f"ckpt_path=null,{','.join(repr(str(start)) for start in starts)}",
+        f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in "012":  # each on 2 processes, to the same total step count
+        assert (results(tmp_path / job)["world_size"], results(tmp_path / job)["global_step"]) == (2, 4), job
+    last = Path("checkpoints") / "last.ckpt"
+    for job, start in zip("12", starts, strict=True):
+        assert ckpt(start)["global_step"] == 2
+        assert "resuming at step 2: the start of epoch 1" in (tmp_path / job / "train.log").read_text()
+        assert_same_training(straight / last, tmp_path / job / last)
 
 
 @pytest.mark.parametrize("limit", list(LIMITS))
