@@ -133,6 +133,28 @@ def test_a_run_killed_with_sigkill_resumes_from_its_periodic_checkpoint(tmp_path
     same_metrics(straight, run)
 
 
+def test_ctrl_c_in_a_terminal_saves_the_run_and_exits_130(tmp_path: Path):
+    # What a terminal does on Ctrl+C: SIGINT to every process of the foreground group (the loader workers too).
+    args = ["dataset=synthetic", "dataset.batch_size=16", "dataset.num_train=4096", "search_space.input_size=8",
+            "dataset.num_workers=2", "trainer.limit_val_batches=1", "logger=none", "trainer.enable_progress_bar=false",
+            "callbacks.model_checkpoint.every_n_train_steps=2", "trainer.max_steps=100000",
+            f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run should be training"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, out[-3000:]
+    assert "Traceback" not in out and "state saved to" in out, out[-3000:]
+    assert ckpt(last)["global_step"] >= 2 and not (tmp_path / "results.json").exists()
+
+
 def test_ckpt_path_last_starts_fresh_then_resumes_the_same_run_directory(tmp_path: Path):
     common = ["dataset=synthetic", "dataset.batch_size=64", "trainer.limit_val_batches=1", "logger=none",
               "trainer.max_epochs=3", "ckpt_path=last", f"hydra.run.dir={tmp_path}"]  # fmt: skip
