@@ -91,6 +91,20 @@ class SigtermAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SigintAt(pl.Callback):
+    """Test callback: Ctrl+C in the middle of training step ``step`` (its gradients computed, the
+    optimizer not yet stepped): the process sends itself SIGINT, as the terminal would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.sent = False
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step - 1 and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 class Preempted(Exception):
     """Raised by :class:`PreemptedAt`."""
 

@@ -2,7 +2,7 @@
 
 On CPU with a fixed seed: weights, BN statistics, block-usage counts, optimizer (momentum) and
 scheduler state, global step and the final metrics. Covers every kind of checkpoint (end of epoch,
-end of training, a max_steps stop, a step checkpoint, SIGTERM, a SLURM hpc checkpoint, SIGKILL),
+end of training, a max_steps stop, a step checkpoint, SIGTERM, Ctrl+C, a SLURM hpc checkpoint, SIGKILL),
 with and without trainer.limit_train_batches, supernet and stand-alone runs, augmentation and
 dropout (their random streams must continue too).
 """
@@ -57,6 +57,12 @@ def assert_same_state(a: Path, b: Path) -> None:
         for (px, sx), (py, sy) in zip(ox["state"].items(), oy["state"].items(), strict=True):
             assert px == py and torch.equal(sx["momentum_buffer"], sy["momentum_buffer"]), px
     assert x["lr_schedulers"] == y["lr_schedulers"]
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """:func:`assert_same_state`, and the same block-usage counts."""
+    assert_same_state(a, b)
+    assert torch.equal(ckpt(a)["state_dict"]["block_usage"], ckpt(b)["state_dict"]["block_usage"])
 
 
 def results(run: Path) -> dict:
@@ -127,6 +133,28 @@ def test_a_run_killed_with_sigkill_resumes_from_its_periodic_checkpoint(tmp_path
     same_metrics(straight, run)
 
 
+def test_ctrl_c_in_a_terminal_saves_the_run_and_exits_130(tmp_path: Path):
+    # What a terminal does on Ctrl+C: SIGINT to every process of the foreground group (the loader workers too).
+    args = ["dataset=synthetic", "dataset.batch_size=16", "dataset.num_train=4096", "search_space.input_size=8",
+            "dataset.num_workers=2", "trainer.limit_val_batches=1", "logger=none", "trainer.enable_progress_bar=false",
+            "callbacks.model_checkpoint.every_n_train_steps=2", "trainer.max_steps=100000",
+            f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run should be training"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, out[-3000:]
+    assert "Traceback" not in out and "state saved to" in out, out[-3000:]
+    assert ckpt(last)["global_step"] >= 2 and not (tmp_path / "results.json").exists()
+
+
 def test_ckpt_path_last_starts_fresh_then_resumes_the_same_run_directory(tmp_path: Path):
     common = ["dataset=synthetic", "dataset.batch_size=64", "trainer.limit_val_batches=1", "logger=none",
               "trainer.max_epochs=3", "ckpt_path=last", f"hydra.run.dir={tmp_path}"]  # fmt: skip
@@ -151,11 +179,19 @@ SMALL = [
 
 # name: (overrides, batches an epoch, every_n_train_steps landing mid-epoch and never on an epoch end)
 LIMITS = {"full-epochs": ([], 4, 3), "limit_train_batches=3": (["trainer.limit_train_batches=3"], 3, 2)}
-KINDS = ["end-of-epoch", "end-of-training", "older-end-of-training", "max_steps", "step", "sigterm", "hpc"]
+KINDS = ["end-of-epoch", "end-of-training", "older-end-of-training", "max_steps", "step", "sigterm", "sigint", "hpc"]
 
 
 def fit(run: Path, *overrides: str) -> dict:
     return train.train(compose_train(run, *SMALL, *overrides))
+
+
+def step_checkpoints(folder: Path | str, every: int) -> list[str]:
+    """Overrides adding a second ModelCheckpoint, saving to ``folder`` after every ``every`` training steps
+    (``*step=<n>.ckpt``); the default one keeps writing last.ckpt at the end."""
+    steps = "+callbacks.steps."
+    return [f"{steps}_target_=pytorch_lightning.callbacks.ModelCheckpoint", f"{steps}dirpath={folder}",
+            f"{steps}every_n_train_steps={every}", f"{steps}save_top_k=-1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=list(LIMITS))
@@ -163,10 +199,7 @@ def reference(request, tmp_path_factory) -> dict:
     """The uninterrupted run; it also keeps an end-of-epoch and a mid-epoch step checkpoint."""
     overrides, per_epoch, every = LIMITS[request.param]
     run = tmp_path_factory.mktemp("reference")
-    steps = "+callbacks.steps."  # a second ModelCheckpoint, saving after training step `every`
-    fit(run, *overrides, "callbacks.model_checkpoint.save_top_k=-1", f"{steps}dirpath={run / 'steps'}",
-        f"{steps}_target_=pytorch_lightning.callbacks.ModelCheckpoint", f"{steps}every_n_train_steps={every}",
-        f"{steps}save_top_k=-1")  # fmt: skip
+    fit(run, *overrides, "callbacks.model_checkpoint.save_top_k=-1", *step_checkpoints(run / "steps", every))
     assert results(run)["global_step"] == 2 * per_epoch
     return {"run": run, "overrides": overrides, "per_epoch": per_epoch, "every": every}
 
@@ -194,6 +227,13 @@ def test_a_run_continued_from_any_kind_of_checkpoint_is_the_uninterrupted_run(re
             fit(first, *overrides, "+callbacks.sigterm._target_=conftest.SigtermAt", "+callbacks.sigterm.step=2")
         assert stop.value.code == 128 + signal.SIGTERM
         start = first / "checkpoints" / "last.ckpt"
+    elif kind == "sigint":  # Ctrl+C halfway through step 2's update: the run finishes step 2, saves, exits 130
+        with pytest.raises(SystemExit) as stop:
+            fit(first, *overrides, "+callbacks.sigint._target_=conftest.SigintAt", "+callbacks.sigint.step=2")
+        assert stop.value.code == 128 + signal.SIGINT
+        start = first / "checkpoints" / "last.ckpt"
+        assert ckpt(start)["global_step"] == 2
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl+C is plain again after fit
     else:  # a SLURM pre-emption: hpc_ckpt_1.ckpt at step 2, newer than last.ckpt of step 1
         with pytest.raises(Preempted):
             fit(first, *overrides, "callbacks.model_checkpoint.every_n_train_steps=1",
@@ -204,11 +244,46 @@ def test_a_run_continued_from_any_kind_of_checkpoint_is_the_uninterrupted_run(re
     # continued as a requeued job or an extension would be: to the same total step count (2 epochs)
     done = fit(continued, *overrides, f"ckpt_path='{start}'", f"trainer.max_steps={2 * reference['per_epoch']}")
     assert done["global_step"] == 2 * reference["per_epoch"] and "train/loss" in results(continued)
-    assert_same_state(ref / "checkpoints" / "last.ckpt", continued / "checkpoints" / "last.ckpt")
-    assert torch.equal(
-        ckpt(ref / "checkpoints" / "last.ckpt")["state_dict"]["block_usage"],
-        ckpt(continued / "checkpoints" / "last.ckpt")["state_dict"]["block_usage"],
-    )
+    assert_same_training(ref / "checkpoints" / "last.ckpt", continued / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize("reference", ["full-epochs"], indirect=True)
+def test_a_run_with_loader_workers_resumes_exactly_and_trains_as_without_them(reference: dict, tmp_path):
+    # Two worker processes; a step checkpoint in the middle of epoch 1 (after its batch 2 of 4), so the
+    # workers' first indices must already come from epoch 1's order, the trained ones skipped.
+    workers, at = "dataset.num_workers=2", reference["per_epoch"] + 2
+    straight, continued = tmp_path / "straight", tmp_path / "continued"
+    fit(straight, workers, *step_checkpoints(straight / "steps", at))
+    start = next((straight / "steps").glob(f"*step={at}.ckpt"))
+    assert ckpt(start)["global_step"] == at
+    fit(continued, workers, f"ckpt_path='{start}'", f"trainer.max_steps={2 * reference['per_epoch']}")
+    last = Path("checkpoints") / "last.ckpt"
+    assert_same_training(straight / last, continued / last)
+    # the data order, augmentation and dropout do not depend on the number of workers
+    assert_same_training(reference["run"] / last, straight / last)
+
+
+def test_a_ddp_run_resumed_at_an_epoch_end_is_the_uninterrupted_ddp_run(tmp_path):
+    """The README's claim for DDP: a resume from an end-of-epoch checkpoint, or from an
+    every_n_train_steps one at an epoch's end, is exact (mid-epoch, Lightning's sampler is not resumable)."""
+    # One -m sweep of 2-process CPU DDP jobs (gloo), 2 batches a rank an epoch, 2 epochs: job 0 runs
+    # uninterrupted; jobs 1 and 2 continue its end-of-epoch-0 checkpoint and its step checkpoint of step 2.
+    straight = tmp_path / "0"
+    starts = [straight / "checkpoints" / "step2.ckpt", straight / "steps" / "epoch=0-step=2.ckpt"]
+    proc = run_entry(
+        "train.py", "-m", *SMALL, "trainer.accelerator=cpu", "trainer.devices=2",
+        "callbacks.model_checkpoint.save_top_k=-1", *step_checkpoints("${paths.output_dir}/steps", 2),
+        f"ckpt_path=null,{','.join(repr(str(start)) for start in starts)}",
+        f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in "012":  # each on 2 processes, to the same total step count
+        assert (results(tmp_path / job)["world_size"], results(tmp_path / job)["global_step"]) == (2, 4), job
+    last = Path("checkpoints") / "last.ckpt"
+    for job, start in zip("12", starts, strict=True):
+        assert ckpt(start)["global_step"] == 2
+        assert "resuming at step 2: the start of epoch 1" in (tmp_path / job / "train.log").read_text()
+        assert_same_training(straight / last, tmp_path / job / last)
 
 
 @pytest.mark.parametrize("limit", list(LIMITS))

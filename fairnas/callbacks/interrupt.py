@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -13,14 +18,20 @@ log = logging.getLogger("fairnas")
 
 
 class SaveOnInterrupt(Callback):
-    """On SIGTERM or Ctrl+C during fit, writes a checkpoint of the state reached, then lets the run end.
+    """On SIGTERM or Ctrl+C during training, writes a checkpoint of the state reached, then lets the run end.
 
     Lightning turns SIGTERM into an exception at the next batch boundary (on every rank at once
-    under DDP), so the state saved is that of a finished optimizer step. The file replaces
-    ``last.ckpt`` in the checkpoint folder, where ``ckpt_path=.../last.ckpt`` resumes it. With the
-    Trainer's :class:`~fairnas.utils.checkpoint_io.AtomicCheckpointIO` plugin (``conf/trainer/default.yaml``)
-    it is written to a temporary file beside it and renamed, so an interruption during the save
-    cannot corrupt it.
+    under DDP), so the state saved is that of a finished optimizer step. Ctrl+C (SIGINT) would
+    raise ``KeyboardInterrupt`` wherever the process is, possibly halfway through an update (BN
+    statistics moved, weights not yet stepped): while training runs, this callback makes the first
+    Ctrl+C stop the run the way SIGTERM does, after the step in progress, and records it in
+    :attr:`stopped_by` (``train.py`` exits with 128 + that signal: 130 for Ctrl+C, 143 for SIGTERM).
+    A second Ctrl+C quits at once without saving (the last checkpoint written before stays).
+
+    The file replaces ``last.ckpt`` in the checkpoint folder, where ``ckpt_path=.../last.ckpt``
+    resumes it. With the Trainer's :class:`~fairnas.utils.checkpoint_io.AtomicCheckpointIO` plugin
+    (``conf/trainer/default.yaml``) it is written to a temporary file beside it and renamed, so an
+    interruption during the save cannot corrupt it.
 
     Why not Lightning's ``OnExceptionCheckpoint``: it saves on *every* exception, so a NaN stop or a
     bug would overwrite ``last.ckpt`` with a state that should not be resumed; it needs a fixed
@@ -36,10 +47,47 @@ class SaveOnInterrupt(Callback):
     def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt") -> None:
         self.dirpath = dirpath
         self.filename = filename
+        self.stopped_by: signal.Signals | None = None  # the signal that stopped the last fit, if any
+        self._previous_sigint: Any = None
+        self._sigint_installed = False
 
+    # ----------------------------------------------------------------- Ctrl+C as a clean stop
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stopped_by = None
+        # Only where Lightning handles SIGTERM (it registers its handler for fit, on the main thread).
+        if threading.current_thread() is threading.main_thread() and callable(signal.getsignal(signal.SIGTERM)):
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            self._sigint_installed = True
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopped_by == signal.SIGINT:  # pressed again: quit now, no save (the state may be half a step)
+            self._restore_sigint()
+            raise KeyboardInterrupt
+        self.stopped_by = signal.SIGINT
+        log.warning("Ctrl+C: stopping after the current step and saving it (press Ctrl+C again to quit without saving)")
+        # Lightning's SIGTERM path: a stop at the next batch boundary, broadcast to every DDP rank.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _restore_sigint(self) -> None:
+        if self._sigint_installed:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._sigint_installed = False
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_sigint()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+
+    # ----------------------------------------------------------------- the save
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException | KeyboardInterrupt) or trainer.state.fn != "fit":
+        self._restore_sigint()
+        # A KeyboardInterrupt (outside training, or a second Ctrl+C) can hit in the middle of an
+        # update: saving that state would make a checkpoint no run ever reached.
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return
+        if self.stopped_by is None:
+            self.stopped_by = signal.SIGTERM
         folder = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
         path = Path(folder or Path(trainer.default_root_dir) / "checkpoints") / self.filename
         trainer.save_checkpoint(path, weights_only=False)  # the full training state, to resume from

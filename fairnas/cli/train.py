@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from fairnas.callbacks import SaveOnInterrupt
 from fairnas.cli import CONFIG_DIR
 from fairnas.data.base import SplitDataModule, check_seed
 from fairnas.errors import ConfigError, exit_on_user_error
@@ -121,8 +122,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         try:
             trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException:
-            # SaveOnInterrupt has saved the state; a scheduler must not read the stop as success.
-            sys.exit(128 + signal.SIGTERM)
+            # SaveOnInterrupt has saved the state; a scheduler must not read the stop as success:
+            # 143 for SIGTERM, 130 for Ctrl+C (128 + the signal, as a shell reports it).
+            stopped = [c.stopped_by for c in callbacks if isinstance(c, SaveOnInterrupt) and c.stopped_by]
+            sys.exit(128 + (stopped[0] if stopped else signal.SIGTERM))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if system.last_validated_step != trainer.global_step and trainer.limit_val_batches:
             # The run stopped mid-epoch (max_steps): validate the final weights too.

@@ -7,6 +7,7 @@ construction, so the two only differ in how they build their datasets.
 
 from __future__ import annotations
 
+import signal
 import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
@@ -159,7 +160,12 @@ def seed_worker(worker_id: int) -> None:
     ``worker_info.seed`` is drawn from the loader's (seeded) generator, so the result stays
     deterministic for a given ``seed``. (In-memory datasets seed each batch from its indices
     and need no per-worker state.)
+
+    Workers ignore SIGINT: Ctrl+C in a terminal reaches every process of the group, and a worker
+    that quit on it would fail the step the main process finishes before it stops and saves
+    (:class:`~fairnas.callbacks.SaveOnInterrupt`). They end with the main process.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     info = get_worker_info()
     if info is not None:
         torch.manual_seed(info.seed)
