@@ -69,6 +69,7 @@ class _ClassifierSystem(pl.LightningModule):
 
     def __init__(
         self,
+        *,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
@@ -319,6 +320,7 @@ class SupernetSystem(_ClassifierSystem):
         self,
         supernet: Supernet,
         sampler: PathSampler,
+        *,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
@@ -337,9 +339,16 @@ class SupernetSystem(_ClassifierSystem):
         memory_format: str = "channels_last",
     ) -> None:
         super().__init__(
-            optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite, seed,
-            memory_format,
-        )  # fmt: skip
+            optimizer=optimizer,
+            scheduler=scheduler,
+            label_smoothing=label_smoothing,
+            grad_clip=grad_clip,
+            weight_decay_bn_bias=weight_decay_bn_bias,
+            metadata=metadata,
+            nonfinite=nonfinite,
+            seed=seed,
+            memory_format=memory_format,
+        )
         if grad_reduction not in ("sum", "mean"):
             raise ConfigError(f"grad_reduction must be 'sum' or 'mean', got {grad_reduction!r}")
         if step_mode not in STEP_MODES:
@@ -534,6 +543,7 @@ class StandaloneSystem(_ClassifierSystem):
     def __init__(
         self,
         net: ChildNet,
+        *,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
@@ -545,9 +555,16 @@ class StandaloneSystem(_ClassifierSystem):
         memory_format: str = "channels_last",
     ) -> None:
         super().__init__(
-            optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite, seed,
-            memory_format,
-        )  # fmt: skip
+            optimizer=optimizer,
+            scheduler=scheduler,
+            label_smoothing=label_smoothing,
+            grad_clip=grad_clip,
+            weight_decay_bn_bias=weight_decay_bn_bias,
+            metadata=metadata,
+            nonfinite=nonfinite,
+            seed=seed,
+            memory_format=memory_format,
+        )
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "metadata"], logger=False)
         self.net = layout.to_layout(net, memory_format)
         num_classes = net.head.classifier.out_features
