@@ -85,6 +85,25 @@ def test_an_interrupted_training_job_resumes_from_its_last_checkpoint(tmp_path: 
     assert not any(a.startswith("ckpt_path=") for a in Job("search.py", tmp_path / "run").argv(sys.executable, ROOT))
 
 
+def test_jobs_can_run_through_a_hydra_launcher_into_their_own_run_directory(tmp_path: Path):
+    # launcher=slurm does the same through submitit; Hydra's basic launcher runs the job here.
+    run = tmp_path / "runs" / "sf"
+    overrides = ("dataset=synthetic", "dataset.num_train=32", "dataset.num_val=16", "dataset.batch_size=16",
+                 "trainer.max_steps=1", "logger=none")  # fmt: skip
+    job = Job("train.py", run, overrides, resumable=True)
+    commands = tmp_path / "commands.sh"
+    assert run_jobs([job], root=ROOT, commands_file=commands, launcher="basic", threads_per_job=1) == {
+        "skipped": 0,
+        "ran": 1,
+    }
+    assert json.loads((run / "results.json").read_text())["global_step"] == 1
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "0").exists()
+    line = commands.read_text().strip()
+    assert line.startswith("python train.py --multirun hydra/launcher=basic dataset=synthetic")
+    assert line.endswith(f"hydra.sweep.dir={run} hydra.sweep.subdir=.")
+    assert run_jobs([job], root=ROOT, launcher="basic") == {"skipped": 1, "ran": 0}
+
+
 def test_a_study_rerun_with_another_recipe_is_refused_instead_of_reusing_the_old_runs(fake_root: Path):
     (fake_root / "train.py").write_text(FAKE_TRAIN)
     space = load_space("fairnas_mini")

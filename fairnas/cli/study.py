@@ -28,7 +28,11 @@ def main(cfg: DictConfig) -> None:
         space = instantiate(cfg.search_space)
         # partial: the space object is passed as it is (_convert_ would turn a dataclass into a dict).
         study = instantiate(cfg.study, _partial_=True)(
-            space=space, parallel=cfg.parallel, threads_per_job=cfg.threads_per_job
+            space=space,
+            parallel=cfg.parallel,
+            threads_per_job=cfg.threads_per_job,
+            launcher=cfg.launcher,
+            launcher_overrides=list(cfg.launcher_overrides),
         )
         stages = list(STAGES) if cfg.stages == "all" else [str(s) for s in cfg.stages]
         study.run(stages)

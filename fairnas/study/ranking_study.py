@@ -76,6 +76,9 @@ class RankingStudy:
         threads_per_job: CPU threads of each run (``OMP_NUM_THREADS``; null leaves it to torch).
         python: Interpreter of the runs (default: this one).
         root: Directory holding ``train.py`` and ``search.py``.
+        launcher: A Hydra launcher (``hydra/launcher=<name>``, e.g. ``slurm``) that runs every
+            training and search job instead of a local process; None: local processes.
+        launcher_overrides: Settings of that launcher (e.g. ``hydra.launcher.partition=gpu``).
     """
 
     def __init__(
@@ -105,6 +108,8 @@ class RankingStudy:
         threads_per_job: int | None = None,
         python: str | None = None,
         root: str = ".",
+        launcher: str | None = None,
+        launcher_overrides: Sequence[str] = (),
     ) -> None:
         if len(seeds) < 1 or len(set(seeds)) != len(seeds):
             raise ConfigError(f"seeds: need one or more distinct seeds, got {list(seeds)}")
@@ -132,7 +137,10 @@ class RankingStudy:
         self.allow_datasets = [str(a) for a in allow_datasets]
         self._archs: list[str] | None = None
         self._ceiling: dict[str, Any] | None = None  # the last ceiling computed by this object
-        self._run = {"parallel": int(parallel), "threads_per_job": threads_per_job, "python": python, "root": root}
+        self._run = {
+            "parallel": int(parallel), "threads_per_job": threads_per_job, "python": python, "root": root,
+            "launcher": launcher, "launcher_overrides": [str(o) for o in launcher_overrides],
+        }  # fmt: skip
 
     # ------------------------------------------------------------------ paths
     @property

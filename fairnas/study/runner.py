@@ -88,8 +88,16 @@ class Job:
         what = f"script {old_script} -> {self.script}; " if old_script != self.script else ""
         return f"{self.run_dir}: {what}removed {removed}, added {added}" + ("" if removed or added else " (reordered)")
 
-    def argv(self, python: str, root: Path, *, resume: bool = True) -> list[str]:
-        """The command line; with ``resume``, continuing from ``last.ckpt`` when the job is resumable and has one."""
+    def argv(
+        self, python: str, root: Path, *, resume: bool = True, launcher: str | None = None,
+        launcher_overrides: Sequence[str] = (),
+    ) -> list[str]:  # fmt: skip
+        """The command line; with ``resume``, continuing from ``last.ckpt`` when the job is resumable and has one.
+
+        With a Hydra ``launcher`` (a ``hydra/launcher`` config name, e.g. ``slurm``), the job is a
+        one-job multirun (``-m``) of that launcher whose only job runs in ``run_dir``: the launcher
+        (e.g. SLURM through submitit) runs it, and the command returns when it has finished.
+        """
         overrides = list(self.overrides)
         last = self.run_dir / "checkpoints" / "last.ckpt"
         if resume and self.resumable and last.is_file():
@@ -97,7 +105,10 @@ class Job:
         script = root / self.script
         # From a checkout: the top-level script; from an installed package: its module (fairnas-train's).
         program = [str(script)] if script.is_file() else ["-m", f"fairnas.cli.{Path(self.script).stem}"]
-        return [python, *program, *overrides, f"hydra.run.dir={self.run_dir}"]
+        if launcher is None:
+            return [python, *program, *overrides, f"hydra.run.dir={self.run_dir}"]
+        where = [f"hydra.sweep.dir={self.run_dir}", "hydra.sweep.subdir=."]
+        return [python, *program, "--multirun", f"hydra/launcher={launcher}", *launcher_overrides, *overrides, *where]
 
 
 def _quote(argv: Sequence[str]) -> str:
@@ -123,8 +134,15 @@ def run_jobs(
     python: str | None = None,
     root: str | Path = ".",
     commands_file: str | Path | None = None,
+    launcher: str | None = None,
+    launcher_overrides: Sequence[str] = (),
 ) -> dict[str, int]:
     """Runs the unfinished ``jobs``, ``parallel`` at a time, each with ``threads_per_job`` CPU threads.
+
+    By default each job is a local process. With ``launcher`` (a ``hydra/launcher`` config name,
+    e.g. ``slurm``; ``launcher_overrides`` such as ``hydra.launcher.partition=gpu``), each job is
+    handed to that Hydra launcher instead (:meth:`Job.argv`), and ``parallel`` is how many jobs
+    are submitted at a time.
 
     Every job's stdout and stderr go to ``<run_dir>/console.log``. A failing job does not stop the
     others; after all have run, :class:`JobFailed` names the failures.
@@ -157,18 +175,19 @@ def run_jobs(
             len(unrecorded), unrecorded[0].run_dir,
         )  # fmt: skip
     todo = [job for job in jobs if not job.done]
+    launch = {"launcher": launcher, "launcher_overrides": tuple(str(o) for o in launcher_overrides)}
     env = dict(os.environ)
     if threads_per_job is not None:
         env.update(OMP_NUM_THREADS=str(threads_per_job), MKL_NUM_THREADS=str(threads_per_job))
     if commands_file is not None and todo:
-        _log_commands(Path(commands_file), [_quote(job.argv(python, root, resume=False)) for job in todo])
+        _log_commands(Path(commands_file), [_quote(job.argv(python, root, resume=False, **launch)) for job in todo])
     failures: list[str] = []
 
     def run(index_job: tuple[int, Job]) -> None:
         index, job = index_job
         job.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(job.recipe_file, job.recipe)
-        argv = job.argv(python, root)
+        argv = job.argv(python, root, **launch)
         start = time.time()
         log.info("[%d/%d] %s", index + 1, len(todo), _quote(argv))
         with open(job.run_dir / "console.log", "a") as console:
