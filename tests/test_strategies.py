@@ -236,6 +236,13 @@ def test_nsga2_recovers_the_constrained_front_and_never_evaluates_over_the_limit
     assert toy.front(limit) <= set(found)
 
 
+def test_nsga2_with_fewer_generations_evaluates_a_prefix_of_the_longer_run():
+    # benchmarks/bench_front.py reads what a smaller budget finds off one longer search
+    short, _ = run(NSGA2Search(20, 4, ["madds"], seed=5))
+    long, _ = run(NSGA2Search(20, 8, ["madds"], seed=5))
+    assert len(long) > len(short) >= 60 and long[: len(short)] == short
+
+
 def test_nsga2_with_two_cost_objectives_and_a_params_limit():
     toy = Toy()
     found, toy = run(NSGA2Search(20, 5, ["madds", "params"], seed=0, max_params=15.0), toy)
