@@ -228,12 +228,17 @@ def test_a_run_continued_from_any_kind_of_checkpoint_is_the_uninterrupted_run(re
         assert stop.value.code == 128 + signal.SIGTERM
         start = first / "checkpoints" / "last.ckpt"
     elif kind == "sigint":  # Ctrl+C halfway through step 2's update: the run finishes step 2, saves, exits 130
-        with pytest.raises(SystemExit) as stop:
-            fit(first, *overrides, "+callbacks.sigint._target_=conftest.SigintAt", "+callbacks.sigint.step=2")
+        # Python's own Ctrl+C handler, as in a terminal (pytest started from a background job inherits SIG_IGN)
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with pytest.raises(SystemExit) as stop:
+                fit(first, *overrides, "+callbacks.sigint._target_=conftest.SigintAt", "+callbacks.sigint.step=2")
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl+C is plain again after fit
+        finally:
+            signal.signal(signal.SIGINT, before)
         assert stop.value.code == 128 + signal.SIGINT
         start = first / "checkpoints" / "last.ckpt"
         assert ckpt(start)["global_step"] == 2
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl+C is plain again after fit
     else:  # a SLURM pre-emption: hpc_ckpt_1.ckpt at step 2, newer than last.ckpt of step 1
         with pytest.raises(Preempted):
             fit(first, *overrides, "callbacks.model_checkpoint.every_n_train_steps=1",
