@@ -34,14 +34,6 @@ def get_stats(layers: Sequence[nn.modules.batchnorm._BatchNorm]) -> BNStats:
     return [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
 
 
-def set_stats(layers: Sequence[nn.modules.batchnorm._BatchNorm], stats: BNStats) -> None:
-    with torch.no_grad():
-        for m, (mean, var, count) in zip(layers, stats, strict=True):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
-
-
 class BNSnapshot:
     """A copy of the running statistics of BN layers, taken by :meth:`save`, put back by :meth:`restore`.
 
