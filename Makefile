@@ -35,7 +35,7 @@ run: setup
 	@echo "supernet: $(RUN_DIR)   search results: $(RUN_DIR)/search (best.yaml, pareto.png)"
 
 test: setup
-	$(PY) -m pytest -q -n auto --dist loadfile --durations=10
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=10
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

@@ -114,6 +114,7 @@ def test_custom_kind_trains_through_train_py_from_a_config_dir_outside_the_packa
         "logger=none",
         f"hydra.run.dir={tmp_path / 'run'}",
         env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"},
+        fresh=True,  # the block kind is imported from the user's PYTHONPATH, not registered by this process
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val/acc_mean" in (tmp_path / "run" / "results.json").read_text()

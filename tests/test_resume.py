@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, Preempted, compose_train, run_entry
+from conftest import Preempted, compose_train, run_entry, start_entry
 
 from fairnas.cli import train
 from fairnas.errors import ConfigError
@@ -113,11 +111,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_periodic_checkpoint(tmp_path
     assert run_entry("train.py", *common, f"hydra.run.dir={straight}").returncode == 0  # 32 steps
     run = tmp_path / "killed"
     last = run / "checkpoints" / "last.ckpt"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *common, f"hydra.run.dir={run}"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = start_entry("train.py", *common, f"hydra.run.dir={run}")
     deadline = time.time() + 600
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -139,10 +133,7 @@ def test_ctrl_c_in_a_terminal_saves_the_run_and_exits_130(tmp_path: Path):
             "dataset.num_workers=2", "trainer.limit_val_batches=1", "logger=none", "trainer.enable_progress_bar=false",
             "callbacks.model_checkpoint.every_n_train_steps=2", "trainer.max_steps=100000",
             f"hydra.run.dir={tmp_path}"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    proc = start_entry("train.py", *args, merge=True, new_session=True)
     last = tmp_path / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -335,10 +326,7 @@ def test_ckpt_path_last_refuses_a_directory_holding_two_runs(tmp_path):
 def test_two_runs_never_share_a_run_directory(tmp_path: Path):
     args = ["dataset=synthetic", "dataset.batch_size=16", "dataset.num_train=4096", "trainer.limit_val_batches=1",
             "logger=none", "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip
-    first = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, "trainer.max_steps=100000", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    first = start_entry("train.py", *args, "trainer.max_steps=100000", f"hydra.run.dir={tmp_path}")
     last, config = tmp_path / "checkpoints" / "last.ckpt", tmp_path / ".hydra" / "config.yaml"
     deadline = time.time() + 300
     while first.poll() is None and time.time() < deadline and not last.exists():

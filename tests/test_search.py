@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import run_entry, tiny_space
+from conftest import run_entry, start_entry, tiny_space
 
 from fairnas.data import SyntheticDataModule
 from fairnas.errors import ConfigError
@@ -310,22 +310,14 @@ def test_search_py_refuses_a_standalone_checkpoint(tmp_path):
 
 
 def test_a_search_killed_mid_way_resumes_without_evaluating_anything_twice(supernet_run, tmp_path):
-    import os
     import signal
-    import subprocess
-    import sys
     import time
-
-    from conftest import ROOT
 
     out = tmp_path / "search"
     args = [f"ckpt_path={supernet_run / 'checkpoints' / 'last.ckpt'}", "strategy=random", "strategy.num_samples=40",
             "strategy.batch_size=1", "evaluator.bn_batches=1", f"hydra.run.dir={out}"]  # fmt: skip
     cache = out / "evaluations.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "search.py"), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = start_entry("search.py", *args)
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         if cache.exists() and len(cache.read_text().splitlines()) >= 1 + 5:  # header + 5 results
@@ -347,21 +339,13 @@ def test_a_search_killed_mid_way_resumes_without_evaluating_anything_twice(super
 
 
 def test_two_searches_never_share_a_run_directory(supernet_run, tmp_path):
-    import os
     import signal
-    import subprocess
-    import sys
     import time
-
-    from conftest import ROOT
 
     out = tmp_path / "search"
     args = [f"ckpt_path={supernet_run / 'checkpoints' / 'last.ckpt'}", "strategy=random", "strategy.num_samples=5000",
             "strategy.batch_size=1", "evaluator.bn_batches=1", f"hydra.run.dir={out}"]  # fmt: skip
-    first = subprocess.Popen(
-        [sys.executable, str(ROOT / "search.py"), *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    first = start_entry("search.py", *args)
     cache = out / "evaluations.jsonl"
     deadline = time.time() + 300
     while (

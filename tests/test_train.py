@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_entry
+from conftest import ROOT, run_entry, start_entry
 
 from fairnas.data import DEBIAN_FASHION_MNIST_DIR
 
@@ -381,22 +381,15 @@ def test_bad_data_and_trainer_settings_get_one_clear_error(tmp_path, overrides, 
 
 
 def test_sigterm_saves_the_state_and_the_run_resumes_from_it(tmp_path):
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     import torch
-    from conftest import ROOT
 
     run = tmp_path / "run"
     args = ["dataset=synthetic", "dataset.batch_size=16", "dataset.num_train=4096", "trainer.limit_val_batches=1",
             "logger=csv", "trainer.log_every_n_steps=1"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, "trainer.max_steps=2000", f"hydra.run.dir={run}"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc = start_entry("train.py", *args, "trainer.max_steps=2000", f"hydra.run.dir={run}", merge=True)
     metrics = run / "csv" / "metrics.csv"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 4):
