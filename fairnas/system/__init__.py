@@ -1,8 +1,9 @@
 """The Lightning systems: fair supernet training and stand-alone training."""
 
+from fairnas.callbacks.step_checks import PathDivergenceError
 from fairnas.system.ddp import count_devices, resolve_strategy
 from fairnas.system.optim import cosine_with_warmup, param_groups
-from fairnas.system.systems import NonFiniteLossError, PathDivergenceError, StandaloneSystem, SupernetSystem
+from fairnas.system.systems import NonFiniteLossError, StandaloneSystem, SupernetSystem
 
 __all__ = [
     "NonFiniteLossError",

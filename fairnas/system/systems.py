@@ -8,7 +8,6 @@ step (Lightning never steps schedulers in manual mode).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -25,7 +24,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
-from fairnas.data.base import check_seed, derive_seed
+from fairnas.callbacks.step_checks import SamePathsCheck, StepSeed
+from fairnas.data.base import check_seed
 from fairnas.errors import ConfigError, NonFiniteLossError
 from fairnas.models import ChildNet, Supernet, layout
 from fairnas.models.bn import BNSnapshot, bn_layers
@@ -41,10 +41,6 @@ SchedulerFactory = Callable[..., LRScheduler]
 
 
 STEP_MODES = ("per_path", "fused")
-
-
-class PathDivergenceError(RuntimeError):
-    """DDP ranks trained different paths in the same step."""
 
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -266,11 +262,9 @@ class _ClassifierSystem(pl.LightningModule):
         checkpoint["fairnas"] = self.metadata
         checkpoint["fairnas_schedule"] = {"horizon": self.schedule_horizon}
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # torch's global generator drives dropout (every other draw uses an owned generator). Seeding
-        # it from (seed, step) makes the masks independent of whatever drew from it before (data
-        # loader set-up, validation), so a resumed run draws exactly what an uninterrupted one did.
-        torch.manual_seed(derive_seed(self.seed, self.global_step))
+    def configure_callbacks(self) -> list[pl.Callback]:
+        # Attached by the system, not by a config that could leave it out: exact resume needs it.
+        return [StepSeed(self.seed)]
 
 
 class SupernetSystem(_ClassifierSystem):
@@ -311,7 +305,7 @@ class SupernetSystem(_ClassifierSystem):
             supernet's own statistics are restored after. 0 evaluates with the supernet's
             running statistics, which mix all paths and misjudge single ones.
         path_check_every: Under DDP, check every this many steps that all ranks drew the same
-            paths (0 disables).
+            paths (0 disables); the system attaches this :class:`~fairnas.callbacks.SamePathsCheck`.
         metadata: The run record (:meth:`fairnas.run_record.RunRecord.to_dict`), stored in checkpoints under
             ``"fairnas"``.
     """
@@ -390,7 +384,6 @@ class SupernetSystem(_ClassifierSystem):
         optimizer = self.optimizers()
         step = self.global_step
         groups = self.sampler.sample(step)
-        self._check_same_paths(groups, step)
         losses, correct = [], []
         max_steps = self.trainer.max_steps
         for group in groups:
@@ -439,19 +432,6 @@ class SupernetSystem(_ClassifierSystem):
         else:
             with block():
                 yield
-
-    def _check_same_paths(self, groups: list[list[tuple[int, ...]]], step: int) -> None:
-        if self.trainer.world_size == 1 or not self.path_check_every or step % self.path_check_every:
-            return
-        digest = int.from_bytes(hashlib.blake2b(repr(groups).encode(), digest_size=7).digest(), "big")
-        local = torch.tensor([digest, -digest], dtype=torch.long, device=self.device)
-        both = self.trainer.strategy.reduce(local.clone(), reduce_op="max")
-        if int(both[0]) != -int(both[1]):
-            raise PathDivergenceError(
-                f"DDP ranks drew different paths at step {step} (rank {self.global_rank}: {groups}). Paths must "
-                "come from the sampler, which derives them from (seed, step) only: check that every rank has "
-                "the same seed and that nothing else draws paths."
-            )
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -523,6 +503,9 @@ class SupernetSystem(_ClassifierSystem):
             {f"{stage}/acc_mean": accs.mean(), f"{stage}/acc_min": accs.min(), f"{stage}/acc_max": accs.max()},
             sync_dist=True,
         )
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [*super().configure_callbacks(), SamePathsCheck(self.path_check_every)]
 
     @property
     def fairness_spread(self) -> int:
