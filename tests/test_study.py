@@ -88,8 +88,9 @@ def test_an_interrupted_training_job_resumes_from_its_last_checkpoint(tmp_path: 
 def test_jobs_can_run_through_a_hydra_launcher_into_their_own_run_directory(tmp_path: Path):
     # launcher=slurm does the same through submitit; Hydra's basic launcher runs the job here.
     run = tmp_path / "runs" / "sf"
-    overrides = ("dataset=synthetic", "dataset.num_train=32", "dataset.num_val=16", "dataset.batch_size=16",
-                 "trainer.max_steps=1", "logger=none")  # fmt: skip
+    overrides = ("dataset=synthetic", "search_space.input_size=8", "dataset.num_train=32", "dataset.num_val=16",
+                 "dataset.batch_size=16", "trainer.max_steps=1", "system.val_archs=1", "system.val_bn_batches=1",
+                 "logger=none")  # fmt: skip
     job = Job("train.py", run, overrides, resumable=True)
     commands = tmp_path / "commands.sh"
     assert run_jobs([job], root=ROOT, commands_file=commands, launcher="basic", threads_per_job=1) == {

@@ -398,3 +398,24 @@ def test_nonfinite_state_names_weights_buffers_and_optimizer_state():
     net[1].running_var[1] = float("inf")
     optimizer.state[net[0].bias]["momentum_buffer"][0] = float("-inf")
     assert nonfinite_state(net, optimizer) == ["0.weight", "1.running_var", "optimizer.state[1].momentum_buffer"]
+
+
+def test_dropout_masks_follow_the_step_even_with_a_bare_trainer():
+    # The system attaches its step seed itself: whatever drew from torch's global generator before
+    # fit, the dropout masks (and so the trained weights) are the same.
+    def trained(global_seed: int) -> dict[str, torch.Tensor]:
+        space = tiny_space(dropout=0.5)
+        sampler = StrictFairSampler(space.num_layers, space.num_choices, seed=0)
+        system = SupernetSystem(
+            Supernet(space, seed=0).double(), sampler, optimizer=partial(torch.optim.SGD, lr=0.1), val_archs=0
+        )
+        torch.manual_seed(global_seed)
+        fit(system, DataLoader(data(), batch_size=8), max_steps=2)
+        return system.supernet.state_dict()
+
+    first, second = trained(1), trained(2)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    head = [k for k in first if "classifier" in k and k.endswith("weight")]
+    assert head and not torch.equal(
+        first[head[0]], Supernet(tiny_space(dropout=0.5), seed=0).double().state_dict()[head[0]]
+    )

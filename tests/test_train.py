@@ -189,6 +189,7 @@ def test_multirun_sweep_over_samplers_writes_one_run_dir_each(tmp_path):
         "-m",
         "sampler=sf,ef",
         "dataset=synthetic",
+        "search_space.input_size=8",
         "dataset.batch_size=64",
         "trainer.max_steps=6",
         "trainer.limit_val_batches=1",
@@ -210,8 +211,8 @@ def test_multirun_with_ddp_runs_each_job_on_two_processes_in_its_own_dir(tmp_pat
     outputs = {p.name for p in (ROOT / "outputs").glob("*")} if (ROOT / "outputs").exists() else set()
     proc = run_entry(
         "train.py", "-m", "sampler=sf,ef", "trainer.accelerator=cpu", "trainer.devices=2", "dataset=synthetic",
-        "dataset.batch_size=32", "trainer.max_steps=3", "trainer.limit_val_batches=1", "system.val_archs=2",
-        "system.val_bn_batches=1", "logger=wandb", f"hydra.sweep.dir={tmp_path}", timeout=600,
+        "search_space.input_size=8", "dataset.batch_size=32", "trainer.max_steps=3", "trainer.limit_val_batches=1",
+        "system.val_archs=2", "system.val_bn_batches=1", "logger=wandb", f"hydra.sweep.dir={tmp_path}", timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
@@ -233,6 +234,7 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     common = [
         "dataset=synthetic",
+        "search_space.input_size=8",
         "dataset.batch_size=64",
         "trainer.limit_val_batches=1",
         "logger=none",

@@ -263,7 +263,13 @@ class _ClassifierSystem(pl.LightningModule):
         checkpoint["fairnas_schedule"] = {"horizon": self.schedule_horizon}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        # Attached by the system, not by a config that could leave it out: exact resume needs it.
+        """The callbacks around every training step, attached by the system, not by a config that could
+        leave them out (exact resume needs the step seed). Lightning asks again on every ``fit``,
+        ``validate`` or ``test`` of the same trainer, where those of the first call are still attached."""
+        attached = {type(c) for c in self.trainer.callbacks} if self._trainer is not None else set()
+        return [c for c in self._step_callbacks() if type(c) not in attached]
+
+    def _step_callbacks(self) -> list[pl.Callback]:
         return [StepSeed(self.seed)]
 
 
@@ -504,8 +510,8 @@ class SupernetSystem(_ClassifierSystem):
             sync_dist=True,
         )
 
-    def configure_callbacks(self) -> list[pl.Callback]:
-        return [*super().configure_callbacks(), SamePathsCheck(self.path_check_every)]
+    def _step_callbacks(self) -> list[pl.Callback]:
+        return [*super()._step_callbacks(), SamePathsCheck(self.path_check_every)]
 
     @property
     def fairness_spread(self) -> int:
