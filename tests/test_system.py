@@ -361,7 +361,7 @@ def test_nonfinite_bn_statistics_with_finite_gradients_count_as_a_nonfinite_upda
 
 
 def test_the_stop_policy_saves_only_a_finite_state_as_last_good(tmp_path):
-    from fairnas.system.systems import NonFiniteLossError
+    from fairnas.errors import NonFiniteLossError
 
     system = make(lr=0.1)
     _poison_bn_at_batch(system, batch=1)
@@ -375,7 +375,7 @@ def test_the_stop_policy_saves_only_a_finite_state_as_last_good(tmp_path):
 
 
 def test_a_state_that_is_already_nonfinite_is_never_saved_as_good(tmp_path):
-    from fairnas.system.systems import NonFiniteLossError
+    from fairnas.errors import NonFiniteLossError
 
     system = make(lr=0.1)
     name, var = next((n, b) for n, b in system.named_buffers() if n.endswith("running_var"))
@@ -386,7 +386,7 @@ def test_a_state_that_is_already_nonfinite_is_never_saved_as_good(tmp_path):
 
 
 def test_nonfinite_state_names_weights_buffers_and_optimizer_state():
-    from fairnas.system.systems import nonfinite_state
+    from fairnas.system.nonfinite import nonfinite_state
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)

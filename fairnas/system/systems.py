@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,11 +25,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from fairnas.callbacks.step_checks import SamePathsCheck, StepSeed
 from fairnas.data.base import check_seed
-from fairnas.errors import ConfigError, NonFiniteLossError
+from fairnas.errors import ConfigError
 from fairnas.models import ChildNet, Supernet, layout
-from fairnas.models.bn import BNSnapshot, bn_layers
 from fairnas.models.path_tree import PathTree
 from fairnas.samplers import PathSampler
+from fairnas.system.nonfinite import NonFiniteGuard
 from fairnas.system.optim import param_groups, schedule_difference
 from fairnas.system.resume import align_loop_state
 
@@ -41,23 +40,6 @@ SchedulerFactory = Callable[..., LRScheduler]
 
 
 STEP_MODES = ("per_path", "fused")
-
-
-NONFINITE_POLICIES = ("stop", "skip")
-
-
-def nonfinite_state(module: nn.Module, optimizer: Any = None) -> list[str]:
-    """Names of the weights, buffers and optimizer-state tensors that hold a NaN or an infinity."""
-    bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
-    if optimizer is not None:
-        for i, state in enumerate(optimizer.state.values()):
-            bad += [
-                f"optimizer.state[{i}].{key}"
-                for key, t in state.items()
-                if isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
-            ]
-    return bad
 
 
 class _ClassifierSystem(pl.LightningModule):
@@ -82,9 +64,7 @@ class _ClassifierSystem(pl.LightningModule):
         self.memory_format = memory_format
         if grad_clip is not None and grad_clip < 0:
             raise ConfigError(f"system.grad_clip must be a max gradient norm > 0 (0 or null: off), got {grad_clip}")
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ConfigError(f"system.nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        self.nonfinite = nonfinite
+        self.nonfinite_guard = NonFiniteGuard(nonfinite)
         # Optimizer steps skipped because of NaN/inf gradients (checkpointed with the weights).
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long))
         self.automatic_optimization = False
@@ -97,7 +77,6 @@ class _ClassifierSystem(pl.LightningModule):
         self.metadata = dict(metadata or {})
         self.updates_per_batch = 1
         self.last_validated_step = -1
-        self._bn_snapshot: BNSnapshot | None = None  # the BN running statistics before the update, made on first use
         self.schedule_horizon: int | None = None  # optimizer steps the LR schedule spans (checkpointed)
         self._resumed: tuple[int, int | None] | None = None  # (step, schedule horizon) of the checkpoint resumed
 
@@ -184,17 +163,17 @@ class _ClassifierSystem(pl.LightningModule):
         the norm is the same to the last bit. Callbacks' ``on_before_optimizer_step`` therefore see
         clipped gradients (except under a grad scaler).
         """
-        if not self._bn_stats_finite():
+        if not self.nonfinite_guard.bn_finite(self):
             # Finite gradients can come with overflowing activations: BN normalises them away, but its
             # running variance becomes inf and every later evaluation with these statistics is garbage.
-            self._nonfinite_update(optimizer, "a BatchNorm running statistic")
+            self.nonfinite_guard.reject(self, optimizer, "a BatchNorm running statistic")
             return False
         if self._scaler() is None:
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             if params:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in params])
                 if not torch.isfinite(norm):
-                    self._nonfinite_update(optimizer)
+                    self.nonfinite_guard.reject(self, optimizer)
                     return False
                 if self.grad_clip and self._shared_norm():
                     torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
@@ -204,50 +183,6 @@ class _ClassifierSystem(pl.LightningModule):
             scheduler.step()
         self.log("train/lr", optimizer.param_groups[0]["lr"])
         return True
-
-    def _backup_bn_stats(self) -> None:
-        """Copies the BN running statistics before an update, so a NaN/inf forward can be undone."""
-        if self._bn_snapshot is None:
-            self._bn_snapshot = BNSnapshot(bn_layers([self]))
-        self._bn_snapshot.save()
-
-    def _bn_stats_finite(self) -> bool:
-        """Whether every BN running statistic is finite after this update's forwards (the same answer on
-        every DDP rank: each rank's statistics come from its own batches, so the verdict is all-reduced)."""
-        if self._bn_snapshot is None:
-            return True
-        bad = self._bn_snapshot.finite().to(self.device)
-        if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
-        return not bool(bad)
-
-    def _nonfinite_update(self, optimizer: Any, what: str = "the loss or a gradient") -> None:
-        optimizer.zero_grad(set_to_none=True)
-        if self._bn_snapshot is not None:
-            self._bn_snapshot.restore()  # the poisoned forwards updated them
-        self.nonfinite_steps += 1
-        self.log("train/nonfinite_steps", self.nonfinite_steps.float())
-        step = self.global_step
-        if self.nonfinite == "skip":
-            rank_zero_warn(f"{what} became NaN/inf at step {step}: update skipped (system.nonfinite=skip)")
-            return
-        advice = (
-            "Lower optimizer.lr, keep system.grad_clip on, or set system.nonfinite=skip to skip such updates instead."
-        )
-        bad = nonfinite_state(self, optimizer)
-        if bad:
-            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-            raise NonFiniteLossError(
-                f"{what} became NaN/inf at step {step}, and the state before that step is not finite either "
-                f"({len(bad)} tensors: {shown}), so no last_good.ckpt was written: resume from a checkpoint of an "
-                f"earlier step, if any. {advice}"
-            )
-        path = Path(self.trainer.default_root_dir) / "checkpoints" / "last_good.ckpt"
-        self.trainer.save_checkpoint(path, weights_only=False)  # the state before this update, checked finite
-        raise NonFiniteLossError(
-            f"{what} became NaN/inf at step {step}; the last good state (weights, buffers and optimizer state "
-            f"all finite) is saved in {path} (resume with ckpt_path=...). {advice}"
-        )
 
     def _inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         x, y = batch
@@ -396,7 +331,7 @@ class SupernetSystem(_ClassifierSystem):
             if 0 <= max_steps <= self.global_step:
                 break  # several updates per batch (ef): stop exactly at max_steps, not after the batch
             optimizer.zero_grad(set_to_none=True)
-            self._backup_bn_stats()
+            self.nonfinite_guard.before_update(self)
             if self.split_batch and len(x) < len(group):
                 raise ConfigError(f"system.split_batch needs batches of at least {len(group)} samples, got {len(x)}")
             xs = x.tensor_split(len(group)) if self.split_batch else [x] * len(group)
@@ -567,7 +502,7 @@ class StandaloneSystem(_ClassifierSystem):
         x, y = self._inputs(batch)
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
-        self._backup_bn_stats()
+        self.nonfinite_guard.before_update(self)
         logits = self.net(x)
         loss = self.loss(logits, y)
         self.manual_backward(loss)
