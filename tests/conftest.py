@@ -122,6 +122,7 @@ class ForkedEntry:
         sys.stdout.flush()
         sys.stderr.flush()
         self.pid = os.fork()
+        _STARTED.append(self)
         if self.pid == 0:  # the child: never returns
             code = 1
             try:
@@ -168,6 +169,20 @@ class ForkedEntry:
                 outputs.append(f.read().decode(errors="replace"))
                 f.close()
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+
+_STARTED: list[ForkedEntry] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    """A test that fails before its process ends does not leave it running (a long training run)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def start_entry(script: str, *overrides: str, merge: bool = False, new_session: bool = False) -> ForkedEntry:
