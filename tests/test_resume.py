@@ -245,6 +245,18 @@ def test_a_run_continued_from_any_kind_of_checkpoint_is_the_uninterrupted_run(re
     assert_same_training(ref / "checkpoints" / "last.ckpt", continued / "checkpoints" / "last.ckpt")
 
 
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
+    # What a script's background job (python train.py &) inherits, so that Ctrl+C stops only the foreground.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        done = fit(tmp_path, "trainer.max_steps=3", "+callbacks.sigint._target_=conftest.SigintAt",
+                   "+callbacks.sigint.step=2")  # fmt: skip
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert done["global_step"] == 3
+
+
 @pytest.mark.parametrize("reference", ["full-epochs"], indirect=True)
 def test_a_run_with_loader_workers_resumes_exactly_and_trains_as_without_them(reference: dict, tmp_path):
     # Two worker processes; a step checkpoint in the middle of epoch 1 (after its batch 2 of 4), so the

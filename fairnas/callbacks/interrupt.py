@@ -26,7 +26,8 @@ class SaveOnInterrupt(Callback):
     statistics moved, weights not yet stepped): while training runs, this callback makes the first
     Ctrl+C stop the run the way SIGTERM does, after the step in progress, and records it in
     :attr:`stopped_by` (``train.py`` exits with 128 + that signal: 130 for Ctrl+C, 143 for SIGTERM).
-    A second Ctrl+C quits at once without saving (the last checkpoint written before stays).
+    A second Ctrl+C quits at once without saving (the last checkpoint written before stays). A
+    process that started with Ctrl+C ignored (a script's background job) keeps ignoring it.
 
     The file replaces ``last.ckpt`` in the checkpoint folder, where ``ckpt_path=.../last.ckpt``
     resumes it. With the Trainer's :class:`~fairnas.utils.checkpoint_io.AtomicCheckpointIO` plugin
@@ -54,8 +55,12 @@ class SaveOnInterrupt(Callback):
     # ----------------------------------------------------------------- Ctrl+C as a clean stop
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.stopped_by = None
-        # Only where Lightning handles SIGTERM (it registers its handler for fit, on the main thread).
-        if threading.current_thread() is threading.main_thread() and callable(signal.getsignal(signal.SIGTERM)):
+        # Only where Lightning handles SIGTERM (it registers its handler for fit, on the main thread),
+        # and not where Ctrl+C is ignored: a script's background job (python train.py &) inherits SIGINT
+        # ignored, so that Ctrl+C stops only the foreground command, and keeps it so, as Python does.
+        main = threading.current_thread() is threading.main_thread()
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        if main and callable(signal.getsignal(signal.SIGTERM)) and not ignored:
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
             self._sigint_installed = True
 
