@@ -102,16 +102,19 @@ def write_report(
     rows += ranking_report(b, {ceiling_name: a}, ks=ks, n_boot=n_boot, seed=seed, given=madds)
     write_csv(rows, out_dir / "ranking.csv")
 
-    paired = []
+    # Every pair of supernets (sf against ef for every pair of seeds, not only the first run against
+    # the others), then every supernet against the two proxies.
     names = list(oneshot)
-    if names:
-        first = names[0]
-        for other in [*names[1:], "MAdds (proxy)", "params (proxy)"]:
-            diff, low, high, p = paired_bootstrap_diff(
-                kendall_tau, predictors[first], predictors[other], mean, n_boot=n_boot, seed=seed
-            )
-            paired.append({"comparison": f"tau({first}) - tau({other})", "diff": diff, "diff_low": low,
-                           "diff_high": high, "p(diff <= 0)": p})  # fmt: skip
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    pairs += [(name, proxy) for name in names for proxy in ("MAdds (proxy)", "params (proxy)")]
+    paired = []
+    for first, other in pairs:
+        diff, low, high, p = paired_bootstrap_diff(
+            kendall_tau, predictors[first], predictors[other], mean, n_boot=n_boot, seed=seed
+        )
+        paired.append({"comparison": f"tau({first}) - tau({other})", "diff": diff, "diff_low": low,
+                       "diff_high": high, "p(diff <= 0)": p})  # fmt: skip
+    if paired:
         write_csv(paired, out_dir / "paired.csv")
 
     arch_rows = []
