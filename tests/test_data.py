@@ -246,7 +246,7 @@ def test_getitems_batched_fetch(fashion_dir: Path, monkeypatch: pytest.MonkeyPat
     dm = fashion(fashion_dir, augment="crop_flip")
     loader = dm.train_dataloader()
     assert isinstance(loader, torch.utils.data.DataLoader)
-    assert isinstance(loader.sampler, torch.utils.data.RandomSampler)
+    assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)  # so Lightning keeps it under DDP
 
     def per_sample(self: object, index: int) -> None:
         raise AssertionError("per-sample __getitem__ must not be used by the loaders")
@@ -256,16 +256,28 @@ def test_getitems_batched_fetch(fashion_dir: Path, monkeypatch: pytest.MonkeyPat
     assert x.shape == (32, 1, 28, 28)
 
 
-def test_distributed_sampler_injection(fashion_dir: Path) -> None:
-    from pytorch_lightning.utilities.data import _update_dataloader
-    from torch.utils.data.distributed import DistributedSampler
+def test_ddp_ranks_share_out_each_epoch_and_a_resume_skips_each_rank_s_trained_part() -> None:
+    from fairnas.data.base import EpochShuffleSampler
 
-    loader = fashion(fashion_dir).train_dataloader()
-    sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=0, shuffle=True, seed=0)
-    ddp_loader = _update_dataloader(loader, sampler)
-    assert ddp_loader.sampler is sampler
-    batches = list(ddp_loader)
-    assert len(batches) == 125 // 32 and batches[0][0].shape == (32, 1, 28, 28)
+    data = list(range(11))  # not a multiple of the 2 ranks: padded with the epoch's first index
+    one = EpochShuffleSampler(data, seed=3)
+    ranks = [EpochShuffleSampler(data, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    for epoch in (0, 1):
+        for sampler in (one, *ranks):
+            sampler.set_epoch(epoch)
+        order = list(one)
+        assert sorted(order) == data and len(one) == 11
+        shards = [list(r) for r in ranks]
+        assert [len(r) for r in ranks] == [6, 6] and shards == [order[0::2], [*order[1::2], order[0]]]
+    other_epoch = list(one)
+    one.set_epoch(0)
+    assert list(one) != other_epoch  # a new order every epoch
+    # Resumed after 2 batches of 2 in epoch 1: each rank goes on with its own untrained indices, once.
+    for sampler in ranks:
+        sampler.set_epoch(1)
+        full = list(sampler)
+        sampler.resume_at(1, 4)
+        assert list(sampler) == full[4:] and list(sampler) == full
 
 
 def test_torchvision_layout(tmp_path: Path) -> None:

@@ -273,26 +273,29 @@ def test_a_run_with_loader_workers_resumes_exactly_and_trains_as_without_them(re
     assert_same_training(reference["run"] / last, straight / last)
 
 
-def test_a_ddp_run_resumed_at_an_epoch_end_is_the_uninterrupted_ddp_run(tmp_path):
-    """The README's claim for DDP: a resume from an end-of-epoch checkpoint, or from an
-    every_n_train_steps one at an epoch's end, is exact (mid-epoch, Lightning's sampler is not resumable)."""
+def test_a_ddp_run_resumed_mid_epoch_or_at_an_epoch_end_is_the_uninterrupted_ddp_run(tmp_path):
+    """The README's claim for DDP: a resume from an end-of-epoch checkpoint, or from a step checkpoint
+    at an epoch's end or in the middle of one (every rank skips its own trained part), is exact."""
     # One -m sweep of 2-process CPU DDP jobs (gloo), 2 batches a rank an epoch, 2 epochs: job 0 runs
-    # uninterrupted; jobs 1 and 2 continue its end-of-epoch-0 checkpoint and its step checkpoint of step 2.
+    # uninterrupted; jobs 1-3 continue its end-of-epoch-0 checkpoint, its step checkpoint of step 2
+    # (an epoch's end) and of step 3 (half of epoch 1).
     straight = tmp_path / "0"
-    starts = [straight / "checkpoints" / "step2.ckpt", straight / "steps" / "epoch=0-step=2.ckpt"]
+    starts = [straight / "checkpoints" / "step2.ckpt", straight / "steps" / "epoch=0-step=2.ckpt",
+              straight / "steps" / "epoch=1-step=3.ckpt"]  # fmt: skip
     proc = run_entry(
         "train.py", "-m", *SMALL, "trainer.accelerator=cpu", "trainer.devices=2",
-        "callbacks.model_checkpoint.save_top_k=-1", *step_checkpoints("${paths.output_dir}/steps", 2),
+        "callbacks.model_checkpoint.save_top_k=-1", *step_checkpoints("${paths.output_dir}/steps", 1),
         f"ckpt_path=null,{','.join(repr(str(start)) for start in starts)}",
         f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for job in "012":  # each on 2 processes, to the same total step count
+    for job in "0123":  # each on 2 processes, to the same total step count
         assert (results(tmp_path / job)["world_size"], results(tmp_path / job)["global_step"]) == (2, 4), job
     last = Path("checkpoints") / "last.ckpt"
-    for job, start in zip("12", starts, strict=True):
-        assert ckpt(start)["global_step"] == 2
-        assert "resuming at step 2: the start of epoch 1" in (tmp_path / job / "train.log").read_text()
+    wheres = ["the start of epoch 1", "the start of epoch 1", "epoch 1 after batch 1"]
+    for job, start, where in zip("123", starts, wheres, strict=True):
+        step = ckpt(start)["global_step"]
+        assert f"resuming at step {step}: {where}" in (tmp_path / job / "train.log").read_text()
         assert_same_training(straight / last, tmp_path / job / last)
 
 

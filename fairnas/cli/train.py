@@ -113,8 +113,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     strategy = resolve_strategy(t["strategy"], t["accelerator"], t["devices"], t["num_nodes"], arch is None)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy)
-    if trainer.world_size == 1 and isinstance(datamodule, SplitDataModule):
-        # Our datamodules resume mid-epoch exactly (SplitDataModule.state_dict); Lightning cannot tell.
+    if isinstance(datamodule, SplitDataModule):
+        # Our datamodules resume mid-epoch exactly, under DDP too (SplitDataModule.state_dict); Lightning cannot tell.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     status = "failed"
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from fairnas.errors import ConfigError, DataError
 
@@ -171,44 +171,51 @@ def seed_worker(worker_id: int) -> None:
         torch.manual_seed(info.seed)
 
 
-class EpochShuffleSampler(RandomSampler):
-    """A random order that is a function of ``(seed, epoch)``, and can skip the part of an epoch already trained.
+class EpochShuffleSampler(DistributedSampler):
+    """A random order that is a function of ``(seed, epoch)``, sharded over DDP ranks, that can skip
+    the part of an epoch already trained.
 
     Lightning calls :meth:`set_epoch` before every epoch, so a run resumed at epoch e draws
     exactly the order an uninterrupted run draws there, and :meth:`resume_at` makes a run resumed
-    mid-epoch continue with the batches that were not trained yet. It stays a ``RandomSampler``
-    so that Lightning swaps in its own (also epoch-seeded) ``DistributedSampler`` under DDP.
+    mid-epoch continue with the batches that were not trained yet. Under DDP each rank takes every
+    ``num_replicas``-th index of the epoch's order (padded to a multiple of ``num_replicas`` with
+    its first indices, as ``DistributedSampler`` does) and skips its own trained part, so a
+    mid-epoch resume is exact there too. Being a ``DistributedSampler``, Lightning keeps it instead
+    of swapping in its own, which cannot skip. With one process the order is the epoch's
+    permutation itself.
 
     Args:
         data_source: The training dataset.
         seed: Seed of the order (the datamodule derives it from its ``seed``).
+        num_replicas: Number of DDP processes.
+        rank: This process's rank.
     """
 
-    def __init__(self, data_source: Any, seed: int) -> None:
-        super().__init__(data_source)
-        self.seed = int(seed)
-        self.epoch = 0
-        self._resume: tuple[int, int] | None = None  # (epoch, samples to skip)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def __init__(self, data_source: Any, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=True, seed=int(seed))
+        self.data_source = data_source
+        self._resume: tuple[int, int] | None = None  # (epoch, samples of this rank to skip)
 
     def resume_at(self, epoch: int, samples: int) -> None:
-        """Skip the first ``samples`` indices of epoch ``epoch`` (once: the next epoch starts in full)."""
+        """Skip this rank's first ``samples`` indices of epoch ``epoch`` (once: the next epoch starts in full)."""
         self._resume = (int(epoch), int(samples)) if samples > 0 else None
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, STREAM_SHUFFLE, self.epoch))
-        order = torch.randperm(len(self.data_source), generator=generator)
+        order = torch.randperm(len(self.data_source), generator=generator).tolist()
+        if self.num_replicas > 1:
+            padding = self.total_size - len(order)
+            order = (order * (1 + padding // len(order)) + order[: padding % len(order)])[: self.total_size]
+            order = order[self.rank : self.total_size : self.num_replicas]
         start = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             start = self._resume[1]
             self._resume = None
-        yield from order[start:].tolist()
+        yield from order[start:]
 
     def __len__(self) -> int:
-        # The full epoch, also when resuming: Lightning counts the skipped batches as done.
-        return len(self.data_source)
+        # This rank's full epoch, also when resuming: Lightning counts the skipped batches as done.
+        return self.num_samples
 
 
 @dataclass
@@ -324,7 +331,9 @@ class SplitDataModule(pl.LightningDataModule):
                 f"training split has {len(dataset)} samples, fewer than batch_size={self.batch_size}; "  # type: ignore[arg-type]
                 "with drop_last=True there would be no batches. Lower batch_size or raise train_subset."
             )
-        sampler = EpochShuffleSampler(dataset, self.seed)
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochShuffleSampler(dataset, self.seed, num_replicas=world, rank=rank)
         if self._resume_state is not None:
             epoch, batches = self._resume_state["epoch"], self._resume_state["batches"]
             # The epoch is set now, not only by Lightning's set_epoch: loader workers draw their first
@@ -341,7 +350,7 @@ class SplitDataModule(pl.LightningDataModule):
         Lightning stores this in every checkpoint, whichever hook writes it (after a step, at the end
         of an epoch or of training, at a ``max_steps`` stop); :meth:`load_state_dict` makes a resumed
         run start there and skip those batches, so it sees exactly the batches an uninterrupted run
-        would (single device; under DDP Lightning's own sampler restarts a half-done epoch).
+        would (under DDP too: every rank skips its own share, see :class:`EpochShuffleSampler`).
         """
         trainer = getattr(self, "trainer", None)
         if trainer is None:
@@ -407,9 +416,10 @@ class SplitDataModule(pl.LightningDataModule):
         shuffle: bool,
         drop_last: bool,
         persistent: bool = True,
-        sampler: RandomSampler | None = None,
+        sampler: Sampler | None = None,
     ) -> DataLoader:
-        # A DataLoader with a RandomSampler (sub)class or none, so Lightning can swap in a DistributedSampler.
+        # Training: an EpochShuffleSampler, which Lightning keeps under DDP. Evaluation: none, and Lightning
+        # swaps in a DistributedSampler under DDP.
         collate: Callable[[Any], Any] | None = identity_collate if self._batched else None
         workers = self.num_workers
         return DataLoader(
