@@ -26,7 +26,7 @@ def load_space(name: str) -> SearchSpace:
 
 
 def sgd(params) -> torch.optim.Optimizer:
-    """The default recipe's optimizer (conf/train.yaml)."""
+    """The default recipe's optimizer (conf/optimizer/sgd.yaml), at a benchmark's learning rate."""
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-5)
 
 

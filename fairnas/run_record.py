@@ -282,7 +282,7 @@ def from_train_config(
 
     def component(name: str, node: Any) -> Component | None:
         node = container(node)
-        if node is None:
+        if not node:  # None, or the empty option (scheduler=none)
             return None
         return Component(str(node.get("_target_", "")), _settings(node, name))
 

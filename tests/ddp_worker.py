@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -33,9 +33,17 @@ from fairnas.samplers import StrictFairSampler, UniformSampler  # noqa: E402
 from fairnas.system import SupernetSystem, resolve_strategy  # noqa: E402
 
 BATCH, N, WORLD = 8, 48, 2  # 24 samples per rank: 3 batches per epoch
-TRAIN_YAML = ROOT / "conf" / "train.yaml"
+
+
+def default_recipe() -> DictConfig:
+    """train.py's default optimizer, scheduler and system settings (the groups conf/train.yaml picks)."""
+    conf = ROOT / "conf"
+    picked = {"optimizer": "sgd", "scheduler": "cosine", "system": "supernet"}
+    return OmegaConf.create({group: OmegaConf.load(conf / group / f"{name}.yaml") for group, name in picked.items()})
+
+
 # Each configuration: sampler, optimizer steps and what differs from plain SGD with momentum.
-# clip=C: the default recipe of conf/train.yaml (label smoothing, optimizer: lr, Nesterov momentum,
+# clip=C: the default recipe of train.py (label smoothing, optimizer: lr, Nesterov momentum,
 # weight decay without BN/bias decay; cosine schedule), clipped with the shared norm to C. The tiny
 # net's gradient norms (0.13 to 0.8) never reach the default grad_clip=5, so each C is set between
 # them: some updates of the run are clipped and some are not (the test checks both happen).
@@ -99,7 +107,7 @@ def system_for(config: dict[str, Any]) -> SupernetSystem:
     sampler_cls = {"sf": StrictFairSampler, "ef": UniformSampler}[config["sampler"]]
     kwargs: dict[str, Any] = {"optimizer": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9)}
     if "clip" in config:
-        cfg = OmegaConf.load(TRAIN_YAML)
+        cfg = default_recipe()
         kwargs = {
             "optimizer": instantiate(cfg.optimizer),
             "scheduler": instantiate(cfg.scheduler),

@@ -17,7 +17,7 @@ from fairnas.samplers import PathSampler
 
 GROUPS = {
     g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml"))
-    for g in ("search_space", "sampler", "logger", "callbacks", "dataset")
+    for g in ("search_space", "sampler", "logger", "callbacks", "dataset", "optimizer", "scheduler", "system")
 }
 
 
@@ -75,6 +75,22 @@ def test_datasets(tmp_path, name):
     assert dataset_name(type(dm)) == name
     settings = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k != "_target_"}
     assert type(DataSpec(name, settings.pop("batch_size"), settings).build()) is type(dm)
+
+
+@pytest.mark.parametrize("name", GROUPS["optimizer"])
+def test_optimizers(tmp_path, name):
+    import torch
+
+    from fairnas.system import param_groups
+
+    cfg = cfg_with(tmp_path, f"optimizer={name}")
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    optimizer = instantiate(cfg.optimizer)(param_groups(net, weight_decay_bn_bias=False))
+    assert type(optimizer).__name__.lower() == name and optimizer.param_groups[1]["weight_decay"] == 0.0
+    for scheduler in set(GROUPS["scheduler"]) - {"none"}:
+        schedule = instantiate(cfg_with(tmp_path, f"scheduler={scheduler}").scheduler)(optimizer, total_steps=10)
+        schedule.step()
+    assert not cfg_with(tmp_path, "scheduler=none").scheduler  # no schedule: a constant rate
 
 
 def test_trainer_and_callbacks(tmp_path):

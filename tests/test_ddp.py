@@ -15,8 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ROOT, run_entry, tiny_space
-from ddp_worker import BATCH, CONFIGS, TRAIN_YAML, WORLD, dataset
-from omegaconf import OmegaConf
+from ddp_worker import BATCH, CONFIGS, WORLD, dataset, default_recipe
 
 from fairnas.models import Supernet
 from fairnas.samplers import StrictFairSampler, UniformSampler
@@ -40,8 +39,8 @@ def ddp_run(tmp_path_factory):
 
 
 def recipe(clip: float) -> dict:
-    """The default recipe as conf/train.yaml states it (read here, applied by hand below)."""
-    cfg = OmegaConf.load(TRAIN_YAML)
+    """The default recipe as train.py's configs state it (read here, applied by hand below)."""
+    cfg = default_recipe()
     opt, sched = cfg.optimizer, cfg.scheduler
     assert opt._target_ == "torch.optim.SGD" and sched._target_ == "fairnas.system.cosine_with_warmup"
     assert not cfg.system.weight_decay_bn_bias

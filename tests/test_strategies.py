@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 from conftest import ROOT
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
 from fairnas.errors import ConfigError
 from fairnas.search import (
@@ -400,7 +400,8 @@ def test_pareto_front_is_the_pairwise_definition_on_large_sets(n, k, ties):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml")))
 def test_strategy_configs_instantiate_and_search(name):
-    cfg = OmegaConf.merge({"seed": 0}, {"strategy": OmegaConf.load(ROOT / "conf" / "strategy" / f"{name}.yaml")})
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("search", overrides=[f"strategy={name}", "seed=0"])  # as search.py composes it
     if name == "list":  # evaluates given architectures: the whole toy space here
         cfg.strategy.archs = [list(a) for a in itertools.product(range(3), repeat=3)]
     strategy = instantiate(cfg.strategy)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, run_entry, start_entry
 
 from fairnas.data import DEBIAN_FASHION_MNIST_DIR
@@ -251,6 +252,20 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert results(second)["global_step"] == 8
     assert set(usage(second)) == {8}  # the usage counts were restored with the weights
+
+
+def test_optimizer_and_scheduler_are_groups_that_experiments_swap(tmp_path):
+    proc = run_entry(
+        "train.py", "dataset=synthetic", "search_space.input_size=8", "optimizer=adamw", "optimizer.lr=0.01",
+        "scheduler=none", "trainer.max_steps=2", "trainer.limit_val_batches=1", "system.val_bn_batches=1",
+        "logger=csv", "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recipe = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["fairnas"]["recipe"]
+    assert recipe["optimizer"]["target"] == "torch.optim.AdamW" and recipe["scheduler"] is None
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        rates = {float(row["train/lr"]) for row in csv.DictReader(f) if row.get("train/lr")}
+    assert len(rates) == 1 and rates.pop() == pytest.approx(0.01)  # no schedule: the rate stays (logged as float32)
 
 
 def test_every_logger_gets_the_block_usage_telemetry(tmp_path):

@@ -67,7 +67,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         record = _check_resumable(ckpt_path, record, cfg.get("resume_allow", ALLOW_ON_RESUME))
         _check_trains_something(ckpt_path, cfg.trainer)
     metadata = record.to_dict()  # what every checkpoint stores under "fairnas"
-    optimizer, scheduler = instantiate(cfg.optimizer), instantiate(cfg.scheduler)
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None  # scheduler=none: a constant rate
     if arch is None:
         supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
         fixed = {"arch": space.parse_arch(_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
