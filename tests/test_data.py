@@ -458,7 +458,11 @@ ROOT_CFG = {
 
 @pytest.mark.parametrize("path", sorted(CONF_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_dataset_configs_instantiate(path: Path, tmp_path: Path) -> None:
-    cfg = OmegaConf.merge(OmegaConf.create(ROOT_CFG), {"dataset": OmegaConf.load(path)})
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR.parent), version_base="1.3"):
+        dataset = compose("train", overrides=[f"dataset={path.stem}"]).dataset  # with its base, as train.py sees it
+    cfg = OmegaConf.merge(OmegaConf.create(ROOT_CFG), {"dataset": dataset})
     if path.stem in ("imagenet", "image_folder", "cifar10_folder"):
         assert OmegaConf.is_missing(cfg.dataset, "root")  # must be given: dataset.root=/path
         write_png_tree(tmp_path / "train", {"a": 2, "b": 2}, size=8)
