@@ -101,8 +101,9 @@ class ForkedEntry:
     """``python script args...`` in a fork of this process, like ``subprocess.Popen``: ``pid``,
     ``poll``, ``wait``, ``send_signal``, ``communicate``.
 
-    The script runs as ``__main__`` from a clean state (environment, working directory, argv,
-    signal handlers, warning filters, root logger, no inherited ``atexit`` handlers), and the child
+    The script runs as ``__main__`` from a clean state (environment and ``$TMPDIR``, working
+    directory, argv, signal handlers, warning filters, root logger, only the built-in block kinds,
+    no inherited ``atexit`` handlers), and the child
     exits with the code the interpreter would (``sys.exit``'s code, 1 for an uncaught exception,
     killed by SIGINT on an uncaught Ctrl+C). Output goes to temporary files (stderr into stdout
     with ``merge``), read back by :meth:`communicate`.
@@ -215,6 +216,7 @@ def _run_as_main(script: Path, args: list[str], *, cwd: Path, env: dict[str, str
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    tempfile.tempdir = None  # read $TMPDIR again, from this environment
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     warnings.filters[:] = _WARNING_FILTERS

@@ -149,8 +149,8 @@ def test_ctrl_c_in_a_terminal_saves_the_run_and_exits_130(tmp_path: Path):
 
 
 def test_ckpt_path_last_starts_fresh_then_resumes_the_same_run_directory(tmp_path: Path):
-    common = ["dataset=synthetic", "dataset.batch_size=64", "trainer.limit_val_batches=1", "logger=none",
-              "trainer.max_epochs=3", "ckpt_path=last", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    common = ["dataset=synthetic", "search_space.input_size=8", "dataset.batch_size=64", "trainer.limit_val_batches=1",
+              "logger=none", "trainer.max_epochs=3", "ckpt_path=last", f"hydra.run.dir={tmp_path}"]  # fmt: skip
     first = run_entry("train.py", *common, "trainer.max_steps=4")  # nothing to resume: a fresh start
     assert first.returncode == 0, first.stderr[-3000:]
     assert results(tmp_path)["global_step"] == 4
