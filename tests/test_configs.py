@@ -89,6 +89,7 @@ def test_optimizers(tmp_path, name):
     assert type(optimizer).__name__.lower() == name and optimizer.param_groups[1]["weight_decay"] == 0.0
     for scheduler in set(GROUPS["scheduler"]) - {"none"}:
         schedule = instantiate(cfg_with(tmp_path, f"scheduler={scheduler}").scheduler)(optimizer, total_steps=10)
+        optimizer.step()
         schedule.step()
     assert not cfg_with(tmp_path, "scheduler=none").scheduler  # no schedule: a constant rate
 
