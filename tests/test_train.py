@@ -131,6 +131,9 @@ def test_arch_forms_on_the_command_line(tmp_path, arch):
         (["sampler=fixed"], "Missing mandatory value: sampler.arch"),
         (["sampler=fixed", "sampler.arch=0-0"], "has 2 entries"),
         (["sampler=biased", "sampler.probs=[1,2]"], "6 non-negative weights"),
+        # an SGD recipe's momentum merged into another optimizer, schedule settings without a schedule
+        (["optimizer=adamw", "+optimizer.momentum=0.9"], "AdamW does not take these settings"),
+        (["scheduler=none", "+scheduler.min_lr_ratio=1.0"], "scheduler=none, but scheduler.min_lr_ratio set"),
     ],
 )
 def test_bad_input_gets_one_clear_error(tmp_path, overrides, message):

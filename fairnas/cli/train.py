@@ -7,6 +7,7 @@ python train.py arch=fairnas_a search_space=fairnas_imagenet dataset=imagenet da
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import sys
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     space: SearchSpace = instantiate(cfg.search_space)
     datamodule = instantiate(cfg.dataset)
     arch = None if cfg.arch is None else space.parse_arch(_plain(cfg.arch))
+    optimizer, scheduler = _optimizer_and_scheduler(cfg)
     record = from_train_config(
         cfg, space=space, datamodule=datamodule, arch=None if arch is None else space.format_arch(arch),
         retrain=_retrain_overrides(),
@@ -67,8 +69,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         record = _check_resumable(ckpt_path, record, cfg.get("resume_allow", ALLOW_ON_RESUME))
         _check_trains_something(ckpt_path, cfg.trainer)
     metadata = record.to_dict()  # what every checkpoint stores under "fairnas"
-    optimizer = instantiate(cfg.optimizer)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None  # scheduler=none: a constant rate
     if arch is None:
         supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
         fixed = {"arch": space.parse_arch(_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
@@ -249,6 +249,32 @@ def _wandb_ids(loggers: list[Any]) -> dict[str, str]:
             run = logger._experiment
             return {"wandb_run_id": run.id, "wandb_run_dir": str(Path(run.dir).parent)}
     return {}
+
+
+def _optimizer_and_scheduler(cfg: DictConfig) -> tuple[Any, Any]:
+    """The optimizer and scheduler factories, each checked to take every setting it was given: an
+    experiment's SGD momentum merged into optimizer=adamw, or schedule settings left under
+    scheduler=none, fail here with one clear error instead of inside Lightning's set-up."""
+    node = cfg.get("scheduler")
+    if node and "_target_" not in node:
+        keys = ", ".join(f"scheduler.{k}" for k in node)
+        raise ConfigError(
+            f"scheduler=none, but {keys} set (by an experiment or the command line): choose a scheduler "
+            "(scheduler=cosine) or drop them (~scheduler.<key>)"
+        )
+    factories = {"optimizer": instantiate(cfg.optimizer), "scheduler": instantiate(node) if node else None}
+    for group, factory in factories.items():
+        if factory is None:
+            continue
+        try:
+            inspect.signature(factory.func).bind_partial(*factory.args, **factory.keywords)
+        except TypeError as error:
+            name = f"{factory.func.__module__}.{factory.func.__qualname__}"
+            raise ConfigError(
+                f"{group}: {name} does not take these settings ({error}); they come from the {group} config, an "
+                f"experiment or the command line: drop them (~{group}.<key>) or choose another {group}"
+            ) from None
+    return factories["optimizer"], factories["scheduler"]
 
 
 def _plain(value: Any) -> Any:
