@@ -11,9 +11,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +94,14 @@ def run_entry(
     )
 
 
-# What a new interpreter starts with (pytest changes these per test).
-_WARNING_FILTERS = list(warnings.filters)
+# The warning filters a new interpreter starts with (CPython's defaults, in order).
+_DEFAULT_FILTERS = [
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, ""),
+    ("ignore", PendingDeprecationWarning, ""),
+    ("ignore", ImportWarning, ""),
+    ("ignore", ResourceWarning, ""),
+]
 _ENTRY_MODULES = ("fairnas.cli.train", "fairnas.cli.search", "fairnas.cli.study", "fairnas.cli.report", "wandb")
 
 
@@ -102,8 +110,9 @@ class ForkedEntry:
     ``poll``, ``wait``, ``send_signal``, ``communicate``.
 
     The script runs as ``__main__`` from a clean state (environment and ``$TMPDIR``, working
-    directory, argv, signal handlers, warning filters, root logger, only the built-in block kinds,
-    no inherited ``atexit`` handlers), and the child
+    directory, argv, signal handlers, CPython's default warning filters printing to stderr,
+    Lightning's own log handlers, only the built-in block kinds, the standard library's ``atexit``
+    handlers but not pytest's), and the child
     exits with the code the interpreter would (``sys.exit``'s code, 1 for an uncaught exception,
     killed by SIGINT on an uncaught Ctrl+C). Output goes to temporary files (stderr into stdout
     with ``merge``), read back by :meth:`communicate`.
@@ -111,7 +120,7 @@ class ForkedEntry:
 
     def __init__(
         self, script: Path, args: list[str], *, cwd: Path, env: dict[str, str], merge: bool = False,
-        new_session: bool = False,
+        new_session: bool = False, foreground: bool = False,
     ) -> None:  # fmt: skip
         for name in _ENTRY_MODULES:  # imported once here, shared by every fork
             importlib.import_module(name)
@@ -130,7 +139,9 @@ class ForkedEntry:
                 if new_session:
                     os.setsid()
                 err = self._out if self._err is None else self._err
-                code = _run_as_main(script, args, cwd=cwd, env=env, out=self._out.fileno(), err=err.fileno())
+                code = _run_as_main(
+                    script, args, cwd=cwd, env=env, out=self._out.fileno(), err=err.fileno(), foreground=foreground
+                )
             finally:
                 os._exit(code)
 
@@ -186,10 +197,15 @@ def _no_leftover_processes():
             proc.wait()
 
 
-def start_entry(script: str, *overrides: str, merge: bool = False, new_session: bool = False) -> ForkedEntry:
-    """Starts ``python <script> overrides...`` (a fork, see :class:`ForkedEntry`) and returns at once."""
+def start_entry(
+    script: str, *overrides: str, merge: bool = False, new_session: bool = False, foreground: bool = False
+) -> ForkedEntry:
+    """Starts ``python <script> overrides...`` (a fork, see :class:`ForkedEntry`) and returns at once.
+    ``foreground``: as a terminal starts a command, with Ctrl+C handled even where this process ignores it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    return ForkedEntry(ROOT / script, list(overrides), cwd=ROOT, env=env, merge=merge, new_session=new_session)
+    return ForkedEntry(
+        ROOT / script, list(overrides), cwd=ROOT, env=env, merge=merge, new_session=new_session, foreground=foreground
+    )
 
 
 def _forget_test_block_kinds() -> None:
@@ -203,7 +219,9 @@ def _forget_test_block_kinds() -> None:
             sys.modules.pop(cls.__module__, None)
 
 
-def _run_as_main(script: Path, args: list[str], *, cwd: Path, env: dict[str, str], out: int, err: int) -> int:
+def _run_as_main(
+    script: Path, args: list[str], *, cwd: Path, env: dict[str, str], out: int, err: int, foreground: bool
+) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(out, 1)
@@ -212,21 +230,41 @@ def _run_as_main(script: Path, args: list[str], *, cwd: Path, env: dict[str, str
     sys.stdin = open(0, closefd=False)  # noqa: SIM115
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    atexit._clear()
+    atexit._clear()  # pytest's and its plugins'; the standard library's registered again below
+    atexit.register(logging.shutdown)
+    if "multiprocessing.util" in sys.modules:
+        atexit.register(sys.modules["multiprocessing.util"]._exit_function)
+    weakref.finalize._registered_with_atexit = False  # type: ignore[attr-defined]  # the next finalize registers
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
     tempfile.tempdir = None  # read $TMPDIR again, from this environment
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ctrl+C as a new interpreter gets it: ignored where this process ignores it (a background job),
+    # else Python's handler; a terminal's foreground job always gets Python's handler.
+    if foreground or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    warnings.filters[:] = _WARNING_FILTERS
-    warnings.showwarning = warnings._showwarning_orig  # type: ignore[attr-defined]
-    warnings._filters_mutated()  # type: ignore[attr-defined]
+    # pytest records warnings (it replaced how they are shown): re-executing the module restores the
+    # printing to stderr; then CPython's default filters, as in a new interpreter.
+    formatwarning = warnings.formatwarning  # Lightning's, set when it was imported
+    importlib.reload(warnings)
+    warnings.formatwarning = formatwarning
+    warnings.resetwarnings()
+    for action, category, module in reversed(_DEFAULT_FILTERS):
+        warnings.filterwarnings(action, category=category, module=module)
     _forget_test_block_kinds()
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(logging.WARNING)
+    for name in ("lightning_fabric", "pytorch_lightning"):
+        # Imported by a program before Hydra sets up logging, Lightning prints to stderr itself (its
+        # __init__); imported under pytest, its handlers are pytest's or point at pytest's capture.
+        lightning = logging.getLogger(name)
+        for handler in list(lightning.handlers):
+            lightning.removeHandler(handler)
+        lightning.addHandler(logging.StreamHandler())
+        lightning.propagate = False
     sys.argv = [str(script), *args]
     code: Any = 0
     try:
@@ -241,6 +279,7 @@ def _run_as_main(script: Path, args: list[str], *, cwd: Path, env: dict[str, str
     except BaseException:
         traceback.print_exc()
         code = 1
+    threading._shutdown()  # type: ignore[attr-defined]  # as at interpreter exit: wait for non-daemon threads
     atexit._run_exitfuncs()
     if code is None:
         code = 0

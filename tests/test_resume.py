@@ -135,7 +135,7 @@ def test_ctrl_c_in_a_terminal_saves_the_run_and_exits_130(tmp_path: Path):
             "dataset.num_workers=2", "trainer.limit_val_batches=1", "logger=none", "trainer.enable_progress_bar=false",
             "callbacks.model_checkpoint.every_n_train_steps=2", "trainer.max_steps=100000",
             f"hydra.run.dir={tmp_path}"]  # fmt: skip
-    proc = start_entry("train.py", *args, merge=True, new_session=True)
+    proc = start_entry("train.py", *args, merge=True, new_session=True, foreground=True)
     last = tmp_path / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
