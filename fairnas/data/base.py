@@ -331,11 +331,25 @@ class SplitDataModule(pl.LightningDataModule):
                 f"training split has {len(dataset)} samples, fewer than batch_size={self.batch_size}; "  # type: ignore[arg-type]
                 "with drop_last=True there would be no batches. Lower batch_size or raise train_subset."
             )
-        trainer = getattr(self, "trainer", None)
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        world, rank = self._world()
         sampler = EpochShuffleSampler(dataset, self.seed, num_replicas=world, rank=rank)
+        if sampler.num_samples < self.batch_size:
+            raise DataError(
+                f"each of the {world} processes gets {sampler.num_samples} of the {len(dataset)} training samples, "  # type: ignore[arg-type]
+                f"fewer than batch_size={self.batch_size}; with drop_last=True there would be no batches. Lower "
+                "batch_size, raise train_subset or use fewer devices."
+            )
         if self._resume_state is not None:
             epoch, batches = self._resume_state["epoch"], self._resume_state["batches"]
+            saved_world = int(self._resume_state.get("world_size", 1))  # not recorded before DDP resumed exactly
+            if batches and saved_world != world:
+                warnings.warn(
+                    f"the checkpoint stopped in epoch {epoch} after {batches} batches a process on {saved_world} "
+                    f"process(es); this run has {world}: each process skips {batches} batches of its own share, which "
+                    "are not exactly the images trained before. An exact continuation needs the same number of "
+                    "processes (or a checkpoint at an epoch's end).",
+                    stacklevel=2,
+                )
             # The epoch is set now, not only by Lightning's set_epoch: loader workers draw their first
             # indices when the iterator is created, before Lightning calls set_epoch.
             sampler.set_epoch(epoch)
@@ -345,7 +359,8 @@ class SplitDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, int]:
-        """Where training is in the data: the next batch to train, as ``(epoch, batches of it already trained)``.
+        """Where training is in the data: the next batch to train, as ``(epoch, batches of it already trained)``,
+        and the number of processes that trained them.
 
         Lightning stores this in every checkpoint, whichever hook writes it (after a step, at the end
         of an epoch or of training, at a ``max_steps`` stop); :meth:`load_state_dict` makes a resumed
@@ -358,7 +373,7 @@ class SplitDataModule(pl.LightningDataModule):
         fit_loop = trainer.fit_loop
         epochs, batches = fit_loop.epoch_progress.current, fit_loop.epoch_loop.batch_progress
         epoch, done = data_position(epochs.started, epochs.completed, batches.current.processed, batches.is_last_batch)
-        return {"epoch": epoch, "batches": done}
+        return {"epoch": epoch, "batches": done, "world_size": trainer.world_size}  # batches: of each process
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume_state = dict(state_dict) if state_dict else None
@@ -440,8 +455,12 @@ class SplitDataModule(pl.LightningDataModule):
             return train_idx[: self.train_subset]
         return train_idx
 
+    def _world(self) -> tuple[int, int]:
+        """(number of processes, this one's rank) of the attached trainer; (1, 0) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+
     def _global_rank(self) -> int:
         # Under DDP each rank should draw different augmentations; the trainer is attached
         # (and the process group up) before Lightning calls setup().
-        trainer = getattr(self, "trainer", None)
-        return int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
+        return self._world()[1]

@@ -112,10 +112,10 @@ class _ClassifierSystem(pl.LightningModule):
         epoch, batches = align_loop_state(checkpoint)
         datamodule = self.trainer.datamodule
         key = None if datamodule is None else type(datamodule).__qualname__
-        if key in checkpoint and set(checkpoint[key]) == {"epoch", "batches"}:
+        if key in checkpoint and {"epoch", "batches"} <= set(checkpoint[key]):
             # The same position for the datamodule (restored next); checkpoints written before it was
             # derived this way hold a wrong one after an epoch's end.
-            checkpoint[key] = {"epoch": epoch, "batches": batches}
+            checkpoint[key] = {**checkpoint[key], "epoch": epoch, "batches": batches}
         step = int(checkpoint.get("global_step", 0))
         self._resumed = (step, (checkpoint.get("fairnas_schedule") or {}).get("horizon"))
         where = f"epoch {epoch} after batch {batches}" if batches else f"the start of epoch {epoch}"
