@@ -230,11 +230,19 @@ def _run_as_main(
     sys.stdin = open(0, closefd=False)  # noqa: SIM115
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    atexit._clear()  # pytest's and its plugins'; the standard library's registered again below
+    # Exit handlers: not pytest's, and none of the finalizers of objects this process inherited (a
+    # temporary directory of the parent's, say, must outlive the child); the standard library's
+    # handlers again, for what the child creates.
+    atexit._clear()
     atexit.register(logging.shutdown)
-    if "multiprocessing.util" in sys.modules:
-        atexit.register(sys.modules["multiprocessing.util"]._exit_function)
+    for info in weakref.finalize._registry.values():  # type: ignore[attr-defined]
+        info.atexit = False
     weakref.finalize._registered_with_atexit = False  # type: ignore[attr-defined]  # the next finalize registers
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:  # as multiprocessing's own children start (Process._bootstrap)
+        mp_util._finalizer_registry.clear()
+        mp_util._run_after_forkers()
+        atexit.register(mp_util._exit_function)
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
