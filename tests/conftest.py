@@ -79,7 +79,7 @@ def run_entry(
     Lightning and Hydra, most of the time of a short run. ``fresh=True`` starts a new interpreter
     instead, for what only a new interpreter shows: imports, registrations, the packaging.
     """
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(env or {})}
+    env = _entry_env(env)
     if not fresh and hasattr(os, "fork"):
         proc = ForkedEntry(ROOT / script, list(overrides), cwd=Path(cwd), env=env)
         out, err = proc.communicate(timeout)
@@ -92,6 +92,11 @@ def run_entry(
         text=True,
         timeout=timeout,
     )
+
+
+def _entry_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a program a test runs: this one, the checkout importable, W&B offline."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(extra or {})}
 
 
 # The warning filters a new interpreter starts with (CPython's defaults, in order).
@@ -202,10 +207,10 @@ def start_entry(
 ) -> ForkedEntry:
     """Starts ``python <script> overrides...`` (a fork, see :class:`ForkedEntry`) and returns at once.
     ``foreground``: as a terminal starts a command, with Ctrl+C handled even where this process ignores it."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     return ForkedEntry(
-        ROOT / script, list(overrides), cwd=ROOT, env=env, merge=merge, new_session=new_session, foreground=foreground
-    )
+        ROOT / script, list(overrides), cwd=ROOT, env=_entry_env(), merge=merge, new_session=new_session,
+        foreground=foreground,
+    )  # fmt: skip
 
 
 def _forget_test_block_kinds() -> None:

@@ -203,10 +203,9 @@ class EpochShuffleSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, STREAM_SHUFFLE, self.epoch))
         order = torch.randperm(len(self.data_source), generator=generator).tolist()
-        if self.num_replicas > 1:
-            padding = self.total_size - len(order)
-            order = (order * (1 + padding // len(order)) + order[: padding % len(order)])[: self.total_size]
-            order = order[self.rank : self.total_size : self.num_replicas]
+        if self.num_replicas > 1:  # padded by repeating the order, then every num_replicas-th index
+            order = (order * -(-self.total_size // len(order)))[: self.total_size]
+            order = order[self.rank :: self.num_replicas]
         start = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             start = self._resume[1]
@@ -326,18 +325,15 @@ class SplitDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training loader with ``drop_last=True``."""
         dataset = self.train_dataset
-        if len(dataset) < self.batch_size:  # type: ignore[arg-type]
-            raise DataError(
-                f"training split has {len(dataset)} samples, fewer than batch_size={self.batch_size}; "  # type: ignore[arg-type]
-                "with drop_last=True there would be no batches. Lower batch_size or raise train_subset."
-            )
         world, rank = self._world()
         sampler = EpochShuffleSampler(dataset, self.seed, num_replicas=world, rank=rank)
-        if sampler.num_samples < self.batch_size:
+        if sampler.num_samples < self.batch_size:  # the share of one process
+            n = len(dataset)  # type: ignore[arg-type]
+            share = f"each of the {world} processes gets {sampler.num_samples} of the {n} training samples"
             raise DataError(
-                f"each of the {world} processes gets {sampler.num_samples} of the {len(dataset)} training samples, "  # type: ignore[arg-type]
-                f"fewer than batch_size={self.batch_size}; with drop_last=True there would be no batches. Lower "
-                "batch_size, raise train_subset or use fewer devices."
+                f"{share if world > 1 else f'training split has {n} samples'}, fewer than batch_size="
+                f"{self.batch_size}; with drop_last=True there would be no batches. Lower batch_size or raise "
+                f"train_subset{' or use fewer devices' if world > 1 else ''}."
             )
         if self._resume_state is not None:
             epoch, batches = self._resume_state["epoch"], self._resume_state["batches"]
