@@ -8,9 +8,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test test-slow lint data setup clean
+.PHONY: run test test-slow lint data cluster setup clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data cluster
+
+# A one-node SLURM cluster for the cluster tests (tests/slurm_cluster.py starts and stops it):
+# Debian's packages where apt can be used as root; otherwise those tests skip and say why.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+cluster:
+	@if ! command -v slurmctld >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null 2>&1)) || \
+		echo "note: could not install $(SLURM_PACKAGES) with apt; the SLURM tests will skip"; \
+	fi
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

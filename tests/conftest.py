@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import json
 import logging
 import os
 import runpy
@@ -203,12 +204,14 @@ def _no_leftover_processes():
 
 
 def start_entry(
-    script: str, *overrides: str, merge: bool = False, new_session: bool = False, foreground: bool = False
-) -> ForkedEntry:
+    script: str, *overrides: str, merge: bool = False, new_session: bool = False, foreground: bool = False,
+    env: dict[str, str] | None = None,
+) -> ForkedEntry:  # fmt: skip
     """Starts ``python <script> overrides...`` (a fork, see :class:`ForkedEntry`) and returns at once.
-    ``foreground``: as a terminal starts a command, with Ctrl+C handled even where this process ignores it."""
+    ``foreground``: as a terminal starts a command, with Ctrl+C handled even where this process ignores it.
+    ``env``: variables added to the program's environment."""
     return ForkedEntry(
-        ROOT / script, list(overrides), cwd=ROOT, env=_entry_env(), merge=merge, new_session=new_session,
+        ROOT / script, list(overrides), cwd=ROOT, env=_entry_env(env), merge=merge, new_session=new_session,
         foreground=foreground,
     )  # fmt: skip
 
@@ -357,3 +360,49 @@ class PreemptedAt(pl.Callback):
         if trainer.global_step == self.step:
             trainer.save_checkpoint(Path(trainer.default_root_dir) / "hpc_ckpt_1.ckpt")
             raise Preempted(f"pre-empted after step {self.step}")
+
+
+# ----------------------------------------------------------------- comparing runs
+# Tiny training runs: 4 steps per epoch, 2 epochs; augmentation and dropout on, so their random streams matter. 8x8
+# images: exactness does not depend on the image size, and the runs take a third of the time.
+COMMON = [
+    "dataset=synthetic",
+    "search_space.input_size=8",
+    "dataset.num_train=256",
+    "dataset.batch_size=64",
+    "dataset.augment=crop_flip",
+    "search_space.head.dropout=0.2",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "system.val_archs=2",
+    "system.val_bn_batches=1",
+    "logger=none",
+]
+
+
+def ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    """Two training checkpoints hold the same training state, bit for bit."""
+    x, y = ckpt(a), ckpt(b)
+    assert x["global_step"] == y["global_step"]
+    assert x["state_dict"].keys() == y["state_dict"].keys()
+    for key in x["state_dict"]:
+        assert torch.equal(x["state_dict"][key], y["state_dict"][key]), key
+    for ox, oy in zip(x["optimizer_states"], y["optimizer_states"], strict=True):
+        for (px, sx), (py, sy) in zip(ox["state"].items(), oy["state"].items(), strict=True):
+            assert px == py and torch.equal(sx["momentum_buffer"], sy["momentum_buffer"]), px
+    assert x["lr_schedulers"] == y["lr_schedulers"]
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """:func:`assert_same_state`, and the same block-usage counts."""
+    assert_same_state(a, b)
+    assert torch.equal(ckpt(a)["state_dict"]["block_usage"], ckpt(b)["state_dict"]["block_usage"])
+
+
+def results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())

@@ -9,7 +9,6 @@ dropout (their random streams must continue too).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -17,56 +16,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Preempted, compose_train, run_entry, start_entry
+from conftest import (
+    COMMON,
+    Preempted,
+    assert_same_state,
+    assert_same_training,
+    ckpt,
+    compose_train,
+    results,
+    run_entry,
+    start_entry,
+)
 
 from fairnas.cli import train
 from fairnas.errors import ConfigError
 
-# 4 steps per epoch, 2 epochs; augmentation and dropout on, so their random streams matter. 8x8
-# images: exactness does not depend on the image size, and the runs take a third of the time.
-COMMON = [
-    "dataset=synthetic",
-    "search_space.input_size=8",
-    "dataset.num_train=256",
-    "dataset.batch_size=64",
-    "dataset.augment=crop_flip",
-    "search_space.head.dropout=0.2",
-    "trainer.max_epochs=2",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "system.val_archs=2",
-    "system.val_bn_batches=1",
-    "logger=none",
-]
-
 EVERY_STEP = ["callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.save_top_k=-1"]
-
-
-def ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same_state(a: Path, b: Path) -> None:
-    """Two training checkpoints hold the same training state, bit for bit."""
-    x, y = ckpt(a), ckpt(b)
-    assert x["global_step"] == y["global_step"]
-    assert x["state_dict"].keys() == y["state_dict"].keys()
-    for key in x["state_dict"]:
-        assert torch.equal(x["state_dict"][key], y["state_dict"][key]), key
-    for ox, oy in zip(x["optimizer_states"], y["optimizer_states"], strict=True):
-        for (px, sx), (py, sy) in zip(ox["state"].items(), oy["state"].items(), strict=True):
-            assert px == py and torch.equal(sx["momentum_buffer"], sy["momentum_buffer"]), px
-    assert x["lr_schedulers"] == y["lr_schedulers"]
-
-
-def assert_same_training(a: Path, b: Path) -> None:
-    """:func:`assert_same_state`, and the same block-usage counts."""
-    assert_same_state(a, b)
-    assert torch.equal(ckpt(a)["state_dict"]["block_usage"], ckpt(b)["state_dict"]["block_usage"])
-
-
-def results(run: Path) -> dict:
-    return json.loads((run / "results.json").read_text())
 
 
 def same_metrics(a: Path, b: Path) -> None:

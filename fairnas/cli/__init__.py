@@ -7,4 +7,11 @@ folder (the checkout's top-level ``conf/``), so both find them wherever they are
 
 from pathlib import Path
 
+from fairnas.utils.slurm import requeue_signals
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+# In a SLURM job, SLURM's warning signal (USR1/USR2, a time limit or a pre-emption ahead) can come while a
+# program is still starting (importing torch takes seconds), and would kill it: from here on it is recorded,
+# and training stops after its first step to requeue (fairnas.utils.slurm.RequeueSignals).
+requeue_signals.install()

@@ -18,6 +18,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -33,7 +34,7 @@ from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.run_record import ALLOW_ON_RESUME, RunRecord, from_train_config, resume_record, training_overrides
 from fairnas.search.checkpoint import load_checkpoint, read_record
 from fairnas.system import resolve_strategy
-from fairnas.system.ddp import isolated_distributed_run
+from fairnas.system.ddp import cluster_plugins, explicit_checkpoints_only, isolated_distributed_run
 from fairnas.system.resume import nothing_to_train
 from fairnas.tracking import (
     LogRunConfig,
@@ -47,6 +48,7 @@ from fairnas.tracking import (
 )
 from fairnas.utils import write_json_atomic
 from fairnas.utils.extras import apply_extras
+from fairnas.utils.slurm import requeue_job, requeue_signals
 
 log = logging.getLogger("fairnas")
 
@@ -54,6 +56,7 @@ log = logging.getLogger("fairnas")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Builds everything from the config, trains, and returns (and writes) the results."""
     start = time.time()
+    requeue_signals.install()  # again: the submitit launcher set its own handlers since the import
     pl.seed_everything(check_seed(cfg.seed), workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     space: SearchSpace = instantiate(cfg.search_space)
@@ -112,8 +115,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     summary = run_summary(choices, space.num_layers, space.num_choices, identity)
     callbacks.append(LogRunConfig(redact(OmegaConf.to_container(cfg, resolve=True)), summary, batch_size))
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
-    strategy = resolve_strategy(t["strategy"], t["accelerator"], t["devices"], t["num_nodes"], arch is None)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy)
+    strategy = resolve_strategy(
+        t["strategy"], t["accelerator"], t["devices"], t["num_nodes"], arch is None, cpu_threads=cfg.get("cpu_threads")
+    )
+    plugins = [instantiate(p) for p in cfg.trainer.get("plugins") or []]
+    plugins += cluster_plugins(plugins)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy, plugins=plugins or None
+    )
+    explicit_checkpoints_only(trainer)
     if isinstance(datamodule, SplitDataModule):
         # Our datamodules resume mid-epoch exactly, under DDP too (SplitDataModule.state_dict); Lightning cannot tell.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
@@ -124,9 +134,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException:
             # SaveOnInterrupt has saved the state; a scheduler must not read the stop as success:
-            # 143 for SIGTERM, 130 for Ctrl+C (128 + the signal, as a shell reports it).
-            stopped = [c.stopped_by for c in callbacks if isinstance(c, SaveOnInterrupt) and c.stopped_by]
-            sys.exit(128 + (stopped[0] if stopped else signal.SIGTERM))
+            # 143 for SIGTERM, 130 for Ctrl+C (128 + the signal, as a shell reports it). A SLURM
+            # requeue signal: rank 0 requeues the job once, and the job ends without a result (under
+            # submitit too: SystemExit is not a result, so the sweep waits for the requeued run).
+            saver = next((c for c in callbacks if isinstance(c, SaveOnInterrupt) and c.stopped_by), None)
+            if saver is not None and saver.requeue and trainer.is_global_zero:
+                requeue_job()
+            sys.exit(128 + (saver.stopped_by if saver is not None else signal.SIGTERM))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if system.last_validated_step != trainer.global_step and trainer.limit_val_batches:
             # The run stopped mid-epoch (max_steps): validate the final weights too.
@@ -149,6 +163,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "nonfinite_steps": int(system.nonfinite_steps),  # updates skipped for NaN/inf (system.nonfinite=skip)
         "world_size": trainer.world_size,
+        "cpu_threads": torch.get_num_threads(),
         "wall_time_s": round(time.time() - start, 2),
         "search_space": space.name,
         "run_name": identity.name,
@@ -168,8 +183,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _resume_path(ckpt_path: str | None, out_dir: Path) -> str | None:
-    """``ckpt_path=last``: the newest checkpoint of this run directory (periodic/interrupt
-    ``checkpoints/last.ckpt`` or a SLURM requeue's ``hpc_ckpt_<n>.ckpt``), or a fresh start if none."""
+    """``ckpt_path=last``: the checkpoint of this run directory furthest in training (periodic or
+    interrupt ``checkpoints/last.ckpt``, or an ``hpc_ckpt_<n>.ckpt`` that Lightning's own SLURM requeue
+    wrote), or a fresh start if there is none."""
     if ckpt_path != "last":
         return ckpt_path
     others = sorted((out_dir / "checkpoints").glob("last-v*.ckpt"))
@@ -179,13 +195,28 @@ def _resume_path(ckpt_path: str | None, out_dir: Path) -> str | None:
             f"{', '.join(p.name for p in [out_dir / 'checkpoints' / 'last.ckpt', *others] if p.is_file())}): "
             "give the one to continue as ckpt_path=<file>"
         )
-    found = [p for p in [out_dir / "checkpoints" / "last.ckpt", *out_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    last = out_dir / "checkpoints" / "last.ckpt"
+    found = [p for p in [last, *out_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
     if not found:
         log.info("ckpt_path=last: no checkpoint in %s yet, starting from scratch", out_dir)
         return None
-    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
-    log.info("ckpt_path=last: resuming from %s", newest)
+    # The one furthest in training (not the newest file: a copy or a restore changes file times);
+    # at the same step, last.ckpt (fairnas writes it at a step boundary), then the newest.
+    steps = {p: _saved_step(p) for p in found}
+    newest = max(found, key=lambda p: (steps[p], p == last, p.stat().st_mtime_ns))
+    log.info("ckpt_path=last: resuming from %s (step %d)", newest, steps[newest])
     return str(newest)
+
+
+def _saved_step(path: Path) -> int:
+    """The global step a checkpoint was saved at (read without loading its tensors)."""
+    try:
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step", -1))
+    except Exception as error:
+        raise ConfigError(
+            f"ckpt_path=last: {path} cannot be read ({type(error).__name__}: {error}); move it out of the run "
+            "directory, or give the checkpoint to continue as ckpt_path=<file>"
+        ) from None
 
 
 def _check_trains_something(path: str, trainer: DictConfig) -> None:

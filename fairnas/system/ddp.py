@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from pytorch_lightning.trainer.connectors.checkpoint_connector import _CheckpointConnector
 
 from fairnas.errors import ConfigError
 
@@ -35,7 +36,12 @@ def count_devices(accelerator: str, devices: Any) -> int:
 
 
 def resolve_strategy(
-    strategy: Any, accelerator: str, devices: Any, num_nodes: int = 1, find_unused_parameters: bool = True
+    strategy: Any,
+    accelerator: str,
+    devices: Any,
+    num_nodes: int = 1,
+    find_unused_parameters: bool = True,
+    cpu_threads: int | str | None = "auto",
 ) -> Any:
     """The strategy to hand to the Trainer.
 
@@ -44,13 +50,74 @@ def resolve_strategy(
     paths, and only the last one (outside ``no_sync``) all-reduces every parameter that any path
     used. Default DDP refuses the second backward, and ``static_graph`` sees a changing graph.
     Other strategies (objects, or names such as 'fsdp') are passed through untouched.
+    ``cpu_threads`` is each process's intra-op thread count (see :func:`set_cpu_threads`).
     """
     name = strategy if isinstance(strategy, str) else None
+    threads = check_cpu_threads(cpu_threads)
     if name in _DDP_NAMES:
-        return HydraDDPStrategy(find_unused_parameters=find_unused_parameters, start_method=_DDP_NAMES[name])
+        return HydraDDPStrategy(
+            find_unused_parameters=find_unused_parameters, start_method=_DDP_NAMES[name], cpu_threads=threads
+        )
     if name == "auto" and count_devices(accelerator, devices) * int(num_nodes) > 1:
-        return HydraDDPStrategy(find_unused_parameters=find_unused_parameters)
+        return HydraDDPStrategy(find_unused_parameters=find_unused_parameters, cpu_threads=threads)
+    if isinstance(threads, int):  # one process: a number is applied here, "auto" keeps torch's (and OMP_NUM_THREADS)
+        torch.set_num_threads(threads)
     return strategy
+
+
+def check_cpu_threads(value: int | str | None) -> int | str:
+    """``cpu_threads``: a positive number, or ``auto`` (null means auto)."""
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
+        raise ConfigError(f"cpu_threads={value!r}: give a number of threads per process (1, 2, ...) or auto")
+    return int(value)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: SLURM's cpus-per-task in a SLURM step, else its CPU affinity."""
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if per_task.isdigit() and int(per_task) > 0:
+        return int(per_task)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def ranks_on_this_host() -> int:
+    """How many processes of the distributed run share this machine (a collective: every rank calls it).
+
+    Counted from the ranks' host names, not from the launcher's idea of a node: two torchrun
+    "nodes" on one machine share its CPUs exactly as one node with two processes does.
+    """
+    import socket
+
+    names: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(names, socket.gethostname())
+    return max(1, names.count(socket.gethostname()))
+
+
+def set_cpu_threads(cpu_threads: int | str, processes_on_host: int) -> int:
+    """Sets and returns this process's intra-op thread count under DDP.
+
+    On the CPU, floating-point sums are split over threads, so the thread count changes the bits a
+    step produces. Launchers disagree on it: Lightning's own starts ``cores / processes`` threads,
+    torchrun 1 when it starts several processes per node and torch's default (every core) when it
+    starts one, srun torch's default. ``auto`` replaces all of them by one rule that depends on the
+    machine and on how many processes of the run share it, never on how the launcher groups them
+    into nodes: the CPUs a process may use (SLURM's cpus-per-task, else its affinity) divided by
+    the run's processes on this machine. A number fixes it (the same bits on machines with
+    different core counts).
+    """
+    if cpu_threads == "auto":
+        per_task = os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit()
+        threads = usable_cpus() if per_task else max(1, usable_cpus() // processes_on_host)
+    else:
+        threads = int(cpu_threads)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # loader workers and child processes follow
+    return threads
 
 
 def _hydra_job_command(local_rank: int) -> tuple[list[str], str]:
@@ -93,7 +160,47 @@ class _HydraJobLauncher(_SubprocessScriptLauncher):
 
 
 class HydraDDPStrategy(DDPStrategy):
-    """DDP whose script launcher works inside Hydra multirun sweeps (see :func:`_hydra_job_command`)."""
+    """DDP whose script launcher works inside Hydra multirun sweeps (see :func:`_hydra_job_command`),
+    with each process's CPU thread count set by one rule whatever the launcher (:func:`set_cpu_threads`).
+    """
+
+    def __init__(self, *args: Any, cpu_threads: int | str = "auto", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cpu_threads = check_cpu_threads(cpu_threads)
+
+    def setup_environment(self) -> None:
+        super().setup_environment()  # joins the process group
+        set_cpu_threads(self.cpu_threads, ranks_on_this_host())
+
+    def setup_distributed(self) -> None:
+        restart = _elastic_agent_store_restart()
+        if restart is None:
+            return super().setup_distributed()
+        # Under torchrun the ranks share the elastic agent's store, which keeps its keys across restarts:
+        # after an elastic restart a rank can read the address its peer had before it (gloo then refuses
+        # the connection or waits forever; pytorch/pytorch#135712). Lightning's setup_distributed, with the
+        # process group's keys kept apart per restart.
+        from lightning_fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()
+        self._process_group_backend = self._get_process_group_backend()
+        os.environ["MASTER_ADDR"] = self.cluster_environment.main_address
+        os.environ["MASTER_PORT"] = str(self.cluster_environment.main_port)
+        agent = torch.distributed.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=self._timeout
+        )
+        torch.distributed.init_process_group(
+            self._process_group_backend, store=torch.distributed.PrefixStore(f"fairnas/restart_{restart}", agent),
+            rank=self.global_rank, world_size=self.world_size, timeout=self._timeout,
+        )  # fmt: skip
+
+
+def _elastic_agent_store_restart() -> int | None:
+    """torchrun's restart count when the ranks use its agent's store, else None."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or torch.distributed.is_initialized():
+        return None
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
@@ -124,3 +231,41 @@ def isolated_distributed_run() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def cluster_plugins(plugins: Sequence[Any] = ()) -> list[Any]:
+    """The cluster environment to give the Trainer: SLURM's, with Lightning's auto-requeue off.
+
+    Lightning's requeue saves ``hpc_ckpt_<n>.ckpt`` inside the signal handler, in the middle of a
+    step, and leaves it where every later ``fit``/``validate``/``test`` of the directory would load it;
+    fairnas saves at a step boundary and requeues itself (``SaveOnInterrupt``, ``train.py``).
+    Empty outside SLURM, under torchrun (which Lightning prefers to SLURM's environment), and when
+    ``plugins`` (the Trainer's others) already hold a cluster environment.
+    """
+    from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment
+
+    if any(isinstance(p, ClusterEnvironment) for p in plugins):
+        return []
+    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
+def explicit_checkpoints_only(trainer: Any) -> None:
+    """Makes ``trainer`` load only the checkpoints it is given (``ckpt_path=``), never one it finds.
+
+    Under SLURM, Lightning's ``fit``, ``validate`` and ``test`` called without a ``ckpt_path`` load
+    the newest ``hpc_ckpt_<n>.ckpt`` of the run directory when there is one: after a resume, the
+    final validation of the weights just trained would silently evaluate an older state. fairnas
+    chooses the checkpoint to continue itself (``ckpt_path=last`` included), so that search is
+    switched off for this trainer.
+    """
+    connector = trainer._checkpoint_connector
+    if type(connector) is _CheckpointConnector:
+        connector.__class__ = _ExplicitCheckpointConnector
+
+
+class _ExplicitCheckpointConnector(_CheckpointConnector):
+    @property
+    def _hpc_resume_path(self) -> None:
+        return None
