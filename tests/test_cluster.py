@@ -261,3 +261,48 @@ def test_an_elastic_restart_after_a_lost_rank_resumes_and_ends_as_the_uninterrup
     log = (tmp_path / "elastic" / "train.log").read_text()
     assert re.search(r"ckpt_path=last: resuming from .*last\.ckpt \(step [23]\)", log), log[-3000:]
     same_run(tmp_path / "reference", tmp_path / "elastic")
+
+
+# ----------------------------------------------------------------- the other programs on SLURM
+def test_search_runs_as_a_slurm_job_with_the_outputs_of_a_local_search(slurm, tmp_path):
+    supernet = tmp_path / "supernet"
+    trained = run_entry("train.py", *RUN, "trainer.max_steps=2", f"hydra.run.dir={supernet}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    search = [f"ckpt_path={supernet / LAST}", "strategy=random", "strategy.num_samples=6", "evaluator.bn_batches=1",
+              "device=cpu"]  # fmt: skip
+    local = run_entry("search.py", *search, f"hydra.run.dir={tmp_path / 'local'}")
+    assert local.returncode == 0, local.stderr[-3000:]
+    job = run_entry("search.py", "-m", *SLURM, *search, f"hydra.sweep.dir={tmp_path / 'slurm'}", env=slurm_env(slurm))
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    for name in ("evaluated.csv", "pareto.csv", "best.yaml"):
+        assert (tmp_path / "slurm" / "0" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_a_tiny_study_runs_end_to_end_through_sbatch(slurm, tmp_path):
+    """study.py launcher=slurm: every training and search run of the study is a SLURM job (9 here)."""
+    out = tmp_path / "study"
+    on_cpus = ["hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1", "hydra.launcher.gpus_per_node=null"]
+    launcher = f"launcher_overrides=[{','.join(repr(o) for o in on_cpus)}]"  # quoted: each holds an '='"
+    done = run_entry(
+        "study.py", "study=ranking_tiny", f"study.out_dir={out}", "study.sample_size=3", "study.histogram_samples=4",
+        "~study.supernets.ef", "~study.supernets.biased", "launcher=slurm", launcher, "parallel=2", "threads_per_job=1",
+        env=slurm_env(slurm), timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    commands = (out / "commands.sh").read_text().splitlines()
+    assert len(commands) == 3 * 2 + 1 + 2 and all("hydra/launcher=slurm" in c for c in commands)
+    submitted = list(out.glob("**/.submitit/*/*_submitted.pkl"))
+    assert len(submitted) == len(commands)  # each run went through sbatch
+    ranking = {row["predictor"]: row for row in results(out / "report")["ranking"]}
+    assert ranking["sf"]["n"] == 3 and (out / "report" / "report.md").stat().st_size > 0
+
+
+def test_cpu_threads_is_a_number_or_auto():
+    from fairnas.errors import ConfigError
+    from fairnas.system.ddp import check_cpu_threads, resolve_strategy
+
+    assert check_cpu_threads(None) == check_cpu_threads("auto") == "auto" and check_cpu_threads("3") == 3
+    for bad in (0, -1, "two", True):
+        with pytest.raises(ConfigError, match="give a number of threads per process"):
+            check_cpu_threads(bad)
+    assert resolve_strategy("auto", "cpu", 2, cpu_threads=1).cpu_threads == 1  # DDP sets it in every process

@@ -110,11 +110,19 @@ def test_the_slurm_launcher_composes_with_one_task_per_device():
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.fairnas_slurm.launcher.SlurmLauncher"
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
-    assert launcher.max_num_timeout == 0 and launcher.signal_delay_s > 0  # Lightning requeues, submitit does not
+    assert launcher.max_num_timeout == 0 and launcher.signal_delay_s > 0  # fairnas requeues, submitit does not
     assert launcher.additional_parameters.requeue is True
     assert cfg.ckpt_path == "last"
+    # GPUs follow the accelerator: none on the CPU (a CPU partition would refuse the job otherwise).
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cpu = compose("train", overrides=["hydra/launcher=slurm", "trainer.accelerator=cpu", "trainer.devices=2"],
+                      return_hydra_config=True)  # fmt: skip
+        search = compose("search", overrides=["hydra/launcher=slurm", "ckpt_path=x", "device=cpu"],
+                         return_hydra_config=True)  # fmt: skip
+    assert (cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.gpus_per_node) == (2, None)
+    assert (search.hydra.launcher.tasks_per_node, search.hydra.launcher.gpus_per_node) == (1, None)
 
 
 def test_users_add_config_folders_through_the_search_path(tmp_path):

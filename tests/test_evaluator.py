@@ -49,7 +49,15 @@ def test_the_shared_prefix_pass_equals_the_reference_exactly_in_float64():
         assert torch.equal(v, state[k]), k
     assert {k: v.data_ptr() for k, v in ev.supernet.named_buffers()} == buffers
     assert all(not m.training for m in ev.supernet.modules())
-    assert ev.chunk_size == 3  # chunked logits were found identical to whole-batch ones
+    # Chunks of 3 stay on where this machine's float64 kernels give chunked logits identical to whole-batch
+    # ones, and are switched off where they do not (seen on some CPUs): the results above are exact either way.
+    x = ev._batch(next(iter(ev.validation))[0])  # as the evaluator feeds it (dtype, memory format)
+    with torch.no_grad():
+        same = all(
+            torch.equal(ev.supernet(x, a), torch.cat([ev.supernet(x[i : i + 3], a) for i in range(0, len(x), 3)]))
+            for a in archs
+        )
+    assert ev.chunk_size == (3 if same else None)
 
 
 def test_batch_dependent_logits_turn_chunking_off_and_stay_exact(monkeypatch):

@@ -168,6 +168,11 @@ class HydraDDPStrategy(DDPStrategy):
         super().__init__(*args, **kwargs)
         self.cpu_threads = check_cpu_threads(cpu_threads)
 
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):
+            self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
     def setup_environment(self) -> None:
         super().setup_environment()  # joins the process group
         set_cpu_threads(self.cpu_threads, ranks_on_this_host())
@@ -201,11 +206,6 @@ def _elastic_agent_store_restart() -> int | None:
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or torch.distributed.is_initialized():
         return None
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()
-        if isinstance(self._launcher, _SubprocessScriptLauncher):
-            self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 
 # What Lightning's launcher puts into this process's environment for the ranks it starts.
