@@ -128,6 +128,8 @@ class SaveOnInterrupt(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._end_of_training()
+        else:
+            self._restore_sigint()
 
     def _end_of_training(self) -> None:
         if self._watching:
