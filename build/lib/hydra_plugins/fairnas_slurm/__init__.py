@@ -1,0 +1,1 @@
+"""fairnas's Hydra plugins (Hydra finds launchers only in the ``hydra_plugins`` namespace package)."""
