@@ -140,7 +140,10 @@ def test_a_preempted_job_saves_requeues_once_and_ends_as_the_uninterrupted_job(s
     log = (job_dir / "train.log").read_text()
     requeues = log.count("requeued SLURM job")  # rank 0 requeues; every rank logs the signal
     restarts = int(re.search(r"\bRestarts=(\d+)", scontrol_job(slurm, job)).group(1))
-    assert requeues == restarts == 1, log[-3000:]  # one signal, one requeue
+    signalled = log.count("time limit or pre-emption ahead") // tasks  # every rank logs the signal it got
+    # One requeue per signal: scancel signals once; SLURM's timer signals each run of the job that is still
+    # running 30-60 s after its start (a requeued run on a very busy machine could be one).
+    assert requeues == restarts == signalled and (requeues == 1 or how == "time-limit"), log[-3000:]
     assert "ckpt_path=last: resuming from" in log and "hpc_ckpt" not in log
     assert not list(job_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue stayed off
     same_run(tmp_path / "reference", job_dir)
