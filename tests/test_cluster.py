@@ -309,3 +309,25 @@ def test_cpu_threads_is_a_number_or_auto():
         with pytest.raises(ConfigError, match="give a number of threads per process"):
             check_cpu_threads(bad)
     assert resolve_strategy("auto", "cpu", 2, cpu_threads=1).cpu_threads == 1  # DDP sets it in every process
+
+
+def test_a_job_slurm_cannot_requeue_saves_and_says_how_to_continue(slurm, tmp_path):
+    """The warning signal in a job SLURM does not requeue (an srun outside a batch job): the state is
+    saved, the failed requeue is one message saying how to continue, and the exit code is 128 + USR2."""
+    run = tmp_path / "run"
+    env = {**os.environ, **slurm_env(slurm)}
+    wait = ["+callbacks.wait._target_=cluster_callbacks.WaitForRequeueSignal", "+callbacks.wait.step=2"]
+    command = [sys.executable, str(ROOT / "train.py"), *RUN, *wait, "ckpt_path=last", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(["srun", "--ntasks=1", "--cpus-per-task=1", *command], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: (run / "at_step_2").exists() or proc.poll() is not None, 120, "step 2")
+        job = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
+        subprocess.run(["scancel", "--signal=USR2", *job], env=env, check=True)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + 12, out[-3000:]  # srun passes on the task's exit code: 140
+    log = (run / "train.log").read_text()
+    assert "requeueing SLURM job" in log and "continue it with ckpt_path=last" in log and "--requeue" in log
+    assert ckpt(run / LAST)["global_step"] in (2, 3)  # saved at the step boundary after the signal

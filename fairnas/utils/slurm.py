@@ -119,9 +119,9 @@ def requeue_job() -> bool:
         return False
     done = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True)
     if done.returncode != 0:
-        log.error("requeueing SLURM job %s failed (%s): the job ends here; its state is saved, continue it with "
-                  "ckpt_path=last. Submit with --requeue (hydra.launcher.additional_parameters.requeue=true) so that "
-                  "SLURM lets a job requeue itself", job, (done.stderr or done.stdout).strip())  # fmt: skip
+        log.error("requeueing SLURM job %s failed (%s): the job ends here, its state saved; continue it with "
+                  "ckpt_path=last. SLURM requeues only batch jobs submitted with --requeue (sbatch --requeue; "
+                  "hydra/launcher=slurm sets it)", job, (done.stderr or done.stdout).strip())  # fmt: skip
         return False
     log.warning("requeued SLURM job %s: it continues from its last checkpoint when it starts again", job)
     return True
