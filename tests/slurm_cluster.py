@@ -36,7 +36,7 @@ class ClusterUnavailable(RuntimeError):
     """This machine cannot run the local cluster (not root, no apt, packages missing); the reason says why."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -91,7 +91,7 @@ class LocalSlurm:
         if not key.exists():
             key.write_bytes(os.urandom(1024))
             os.chmod(key, 0o400)
-        ctld_port, d_port = _free_port(), _free_port()
+        ctld_port, d_port = free_port(), free_port()
         self.conf.write_text(
             f"""# a throwaway one-node cluster (tests/slurm_cluster.py)
 ClusterName=fairnas-test

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import COMMON, ROOT, assert_same_training, ckpt, results, run_entry, start_entry
-from slurm_cluster import ClusterUnavailable, LocalSlurm
+from slurm_cluster import ClusterUnavailable, LocalSlurm, free_port
 
 # 8x8 synthetic images, 4 steps an epoch in one process (2 a rank with 2), 2 epochs; augmentation
 # and dropout on. Checkpoints are compared bit for bit, results.json and block_usage.csv as written.
@@ -178,12 +177,6 @@ def test_no_older_hpc_checkpoint_is_ever_loaded(slurm, tmp_path):
 
 
 # ----------------------------------------------------------------- torchrun
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(log: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
     """Starts ``torchrun args...`` (a new interpreter, as a user starts it), its output into ``log``."""
     with open(log, "w") as out:
@@ -216,13 +209,13 @@ def test_two_torchrun_nodes_train_the_same_bits_as_one_node_with_two_processes(t
     run = [*RUN, "trainer.max_steps=3", "trainer.limit_val_batches=1"]
     local = run_entry("train.py", *run, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'local'}")
     assert local.returncode == 0, local.stderr[-3000:]
-    env, port = launcher_env(), _free_port()
+    env, port = launcher_env(), free_port()
     logs = [tmp_path / "one.log"]
     one = torchrun(logs[0], "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
                    str(ROOT / "train.py"), *run, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'one'}",
                    env=env)  # fmt: skip
     finish([one], logs)
-    port, logs = _free_port(), [tmp_path / "node0.log", tmp_path / "node1.log"]
+    port, logs = free_port(), [tmp_path / "node0.log", tmp_path / "node1.log"]
     two = [
         torchrun(
             logs[node],

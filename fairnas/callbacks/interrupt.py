@@ -73,7 +73,7 @@ class SaveOnInterrupt(Callback):
     @property
     def requeue(self) -> bool:
         """Whether the last fit stopped for a requeue signal (the job should be requeued)."""
-        return self.stopped_by is not None and self.stopped_by in self.requeue_signals
+        return self.stopped_by in self.requeue_signals
 
     # ----------------------------------------------------------------- SLURM's requeue signals
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

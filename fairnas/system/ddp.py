@@ -74,15 +74,17 @@ def check_cpu_threads(value: int | str | None) -> int | str:
     return int(value)
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on: SLURM's cpus-per-task in a SLURM step, else its CPU affinity."""
+def cpus_per_process(processes_on_host: int) -> int:
+    """CPUs each process of the run may use: SLURM's cpus-per-task in a SLURM step (already per process),
+    else this process's CPU affinity shared by the run's processes on this machine."""
     per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
     if per_task.isdigit() and int(per_task) > 0:
         return int(per_task)
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // processes_on_host)
 
 
 def ranks_on_this_host() -> int:
@@ -110,11 +112,7 @@ def set_cpu_threads(cpu_threads: int | str, processes_on_host: int) -> int:
     the run's processes on this machine. A number fixes it (the same bits on machines with
     different core counts).
     """
-    if cpu_threads == "auto":
-        per_task = os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit()
-        threads = usable_cpus() if per_task else max(1, usable_cpus() // processes_on_host)
-    else:
-        threads = int(cpu_threads)
+    threads = cpus_per_process(processes_on_host) if cpu_threads == "auto" else int(cpu_threads)
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # loader workers and child processes follow
     return threads

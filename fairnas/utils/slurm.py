@@ -55,9 +55,10 @@ def to_signal(name: str | int) -> signal.Signals:
 class RequeueSignals:
     """Records SLURM's requeue signals for the life of a job's process (signal handlers are the process's).
 
-    Installed as early as the program can (when ``train.py`` is imported, again when it starts, and by
-    ``SaveOnInterrupt`` at the start of fit): a signal that arrives while the job is still starting
-    (importing torch, building the run) is remembered and stops training after its first step,
+    Installed as early as the program can (when ``fairnas.cli`` is imported, before torch; again when
+    ``train.py`` starts, and by ``SaveOnInterrupt`` at the start of fit): a signal that arrives while
+    the job is still starting (importing torch, building the run) is remembered and stops training
+    after its first step,
     instead of killing the process (the default action of SIGUSR1/2) or reaching submitit's handler
     (a requeue without a checkpoint). One that arrives after training has ended is logged and
     ignored: the job finishes instead of coming back with nothing left to train.
@@ -76,10 +77,6 @@ class RequeueSignals:
         for signum in self.signals:
             signal.signal(signum, self._handle)
         return bool(self.signals)
-
-    def reset(self) -> None:
-        """A new fit starts: no request yet."""
-        self.requested, self.training_ended = None, False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name

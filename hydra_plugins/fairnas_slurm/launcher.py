@@ -16,7 +16,7 @@ from fairnas.utils.slurm import gpus_per_node
 
 log = logging.getLogger("fairnas")
 
-# `gpus_per_node: ${fairnas.slurm_gpus:${trainer.accelerator},${trainer.devices}}` in conf/hydra/launcher/slurm.yaml
+# gpus_per_node in conf/hydra/launcher/slurm.yaml: ${fairnas.slurm_gpus:<accelerator>,<devices>}
 if not OmegaConf.has_resolver("fairnas.slurm_gpus"):
     OmegaConf.register_new_resolver("fairnas.slurm_gpus", gpus_per_node)
 
