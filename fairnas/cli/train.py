@@ -31,6 +31,7 @@ from fairnas.cli import CONFIG_DIR
 from fairnas.data.base import SplitDataModule, check_seed
 from fairnas.errors import ConfigError, exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
+from fairnas.ranking import RankingMonitor
 from fairnas.run_record import ALLOW_ON_RESUME, RunRecord, from_train_config, resume_record, training_overrides
 from fairnas.search.checkpoint import load_checkpoint, read_record
 from fairnas.system import resolve_strategy
@@ -109,6 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.trainer.max_steps = _path_budget(cfg, system)
     loggers, artifact_loggers = build_loggers((cfg.get("logger") or {}).values(), instantiate)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    _prepare_monitors(callbacks, space, datamodule, arch)
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins over the group
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     batch_size = getattr(datamodule, "batch_size", None)
@@ -180,6 +182,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(out_dir / "results.json", results)
         log.info("results in %s: %s", out_dir / "results.json", {k: results[k] for k in sorted(results)})
     return results
+
+
+def _prepare_monitors(callbacks: list[Any], space: SearchSpace, datamodule: Any, arch: Any) -> None:
+    """Checks every ranking monitor's ground truth against the space and data, before anything is trained."""
+    monitors = [c for c in callbacks if isinstance(c, RankingMonitor)]
+    if monitors and arch is not None:
+        raise ConfigError(
+            "callbacks=ranking scores architectures with a supernet, but arch=... trains one network stand-alone: "
+            "drop callbacks=ranking (or arch=...)"
+        )
+    for monitor in monitors:
+        cost = CostModel.create(space, datamodule.image_size, datamodule.num_classes, datamodule.in_channels)
+        monitor.prepare(space, datamodule, cost)
 
 
 def _resume_path(ckpt_path: str | None, out_dir: Path) -> str | None:
