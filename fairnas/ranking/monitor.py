@@ -227,9 +227,12 @@ class RankingMonitor(Callback):
         rank, world = trainer.global_rank, trainer.world_size
         mine = self.archs[rank::world]
         device = pl_module.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            measured = evaluator.evaluate_many(mine) if mine else []
-        supernet.train(mode)
+        supernet.eval()  # dropout off; the evaluator puts BN in the modes calibration and validation need
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                measured = evaluator.evaluate_many(mine) if mine else []
+        finally:
+            supernet.train(mode)
         accuracy = torch.zeros(len(self.archs), dtype=torch.float64, device=device)
         for i, result in zip(range(rank, len(self.archs), world), measured, strict=True):
             accuracy[i] = result["acc1"]
