@@ -20,8 +20,9 @@ from fairnas.ranking import choose_archs, fairnas_mini, from_csv, load_ground_tr
 from fairnas.utils.wandb_offline import read_offline_run
 
 # 2 epochs of 4 sf steps (6 paths each): 48 passes; an evaluation at 0, every 12 passes and at the end.
-MONITOR = ["callbacks=ranking", "callbacks.ranking.every_n_paths=12", "callbacks.ranking.at_start=true",
-           "callbacks.ranking.num_archs=10", "callbacks.ranking.bn_batches=1", "callbacks.ranking.n_boot=200"]  # fmt: skip
+R = "callbacks.ranking."
+MONITOR = ["callbacks=ranking", f"{R}every_n_paths=12", f"{R}at_start=true", f"{R}num_archs=10", f"{R}bn_batches=1",
+           f"{R}n_boot=200"]  # fmt: skip
 
 
 def read_csv(path):
@@ -134,7 +135,8 @@ def test_the_logged_tau_is_what_the_csv_and_the_ground_truth_give(monitored):
         recomputed.append({
             "rank/kendall_tau": kendall_tau(oneshot, true), "rank/spearman": spearman_rho(oneshot, true),
             "rank/partial_tau": partial_kendall_tau(oneshot, true, madds),
-            "rank/top_k_precision": top_k_precision(oneshot, true, 5), "rank/madds_kendall_tau": kendall_tau(madds, true),
+            "rank/top_k_precision": top_k_precision(oneshot, true, 5),
+            "rank/madds_kendall_tau": kendall_tau(madds, true),
             "rank/paths": float(mine[0]["paths"]),
         })  # fmt: skip
     # Lightning's CSV logger: one row per evaluation, with rank/paths as a column
@@ -188,7 +190,7 @@ def test_under_ddp_the_ranks_share_the_work_and_log_what_the_checkpoint_gives(tm
 
     truth = truth_csv(tmp_path / "truth.csv")
     proc = run_entry("train.py", *COMMON, *MONITOR, f"callbacks.ranking.ground_truth={truth}", "trainer.devices=2",
-                     "trainer.accelerator=cpu", "callbacks.ranking.at_start=false", "callbacks.ranking.every_n_paths=null",
+                     "trainer.accelerator=cpu", f"{R}at_start=false", f"{R}every_n_paths=null",
                      f"hydra.run.dir={tmp_path / 'run'}", timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_csv(tmp_path / "run" / "ranking" / "archs.csv")
@@ -227,7 +229,7 @@ def test_a_users_table_of_the_right_data_is_accepted(tmp_path):
     truth = truth_csv(tmp_path / "truth.csv")
     shutil.copy(truth, tmp_path / "copy.csv")
     proc = run_entry("train.py", *COMMON, *MONITOR, f"callbacks.ranking.ground_truth={tmp_path / 'copy.csv'}",
-                     "callbacks.ranking.truth_dataset=synthetic", "trainer.max_steps=2", "callbacks.ranking.at_start=false",
+                     f"{R}truth_dataset=synthetic", "trainer.max_steps=2", f"{R}at_start=false",
                      f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [int(r["paths"]) for r in read_csv(tmp_path / "run" / "ranking" / "metrics.csv")] == [12]
