@@ -233,3 +233,19 @@ def test_a_users_table_of_the_right_data_is_accepted(tmp_path):
                      f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [int(r["paths"]) for r in read_csv(tmp_path / "run" / "ranking" / "metrics.csv")] == [12]
+
+
+def test_the_sweep_report_shows_the_final_tau_and_the_curves(monitored, tmp_path):
+    from fairnas.cli.report import main as report_main
+
+    runs, _ = monitored
+    assert report_main([str(runs["with"]), str(runs["without"]), "--out", str(tmp_path)]) == 0
+    final = read_csv(runs["with"] / "ranking" / "metrics.csv")[-1]
+    text = (tmp_path / "report.md").read_text()
+    assert "## Ranking during training (callbacks=ranking)" in text
+    section = text.split("## Ranking during training (callbacks=ranking)")[1]
+    (row,) = [line for line in section.splitlines() if line.endswith("| 48 |")]  # the monitored job: 48 passes
+    assert f"{float(final['kendall_tau']):.4g}" in row and f"[{float(final['kendall_tau_low']):.3f}, " in row
+    assert (tmp_path / "report_ranking.png").read_bytes()[:4] == b"\x89PNG"
+    table = read_csv(tmp_path / "report.csv")
+    assert sorted(r["rank/kendall_tau mean"] != "" for r in table) == [False, True]

@@ -27,8 +27,12 @@ SEED_KEYS = ("seed", "dataset.seed", "dataset.split_seed", "sampler.seed", "syst
 IGNORED_PREFIXES = ("hydra.", "paths.", "name", "group", "tags", "ckpt_path", "trainer.devices", "trainer.accelerator",
                     "logger", "trainer.enable_progress_bar")  # fmt: skip
 # Metrics of results.json shown first, when present.
-MAIN_METRICS = ("val/acc_mean", "val/acc_min", "val/acc_max", "test/acc_mean", "train/loss", "fairness_spread",
-                "train/paths", "global_step", "wall_time_s")  # fmt: skip
+MAIN_METRICS = ("val/acc_mean", "rank/kendall_tau", "val/acc_min", "val/acc_max", "test/acc_mean", "train/loss",
+                "fairness_spread", "train/paths", "global_step", "wall_time_s", "rank/partial_tau",
+                "rank/madds_kendall_tau")  # fmt: skip
+# The ranking monitor's final statistics (callbacks=ranking: <job>/ranking/metrics.csv) added to a job's results.
+RANK_METRICS = ("kendall_tau", "kendall_tau_low", "kendall_tau_high", "spearman", "partial_tau", "top_k_precision",
+                "madds_kendall_tau")  # fmt: skip
 
 
 @dataclass
@@ -39,6 +43,9 @@ class Job:
     overrides: dict[str, str]
     results: dict[str, Any]
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val/acc_mean)
+    ranking: list[dict[str, float]] = field(
+        default_factory=list
+    )  # the ranking monitor's rows (paths, kendall_tau, ...)
 
     @property
     def seed(self) -> Any:
@@ -60,6 +67,15 @@ def _curve(metrics_csv: Path, metric: str = "val/acc_mean") -> list[tuple[int, f
     with metrics_csv.open() as f:
         rows = list(csv.DictReader(f))
     return [(int(float(r["step"])), float(r[metric])) for r in rows if r.get(metric) not in (None, "")]
+
+
+def _ranking(job_dir: Path) -> list[dict[str, float]]:
+    """The ranking monitor's evaluations of a job (``ranking/metrics.csv``), oldest first; [] without a monitor."""
+    path = job_dir / "ranking" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(f)]
 
 
 def _wandb_curve(job_dir: Path, metric: str = "val/acc_mean") -> list[tuple[int, float]]:
@@ -92,7 +108,10 @@ def find_jobs(roots: Sequence[str | Path]) -> list[Job]:
             seen.add(job_dir)
             items = _override_items(yaml.safe_load(overrides.read_text()) or [])
             curve = _curve(job_dir / "csv" / "metrics.csv") or _wandb_curve(job_dir)
-            jobs.append(Job(job_dir, items, results, curve))
+            ranking = _ranking(job_dir)
+            if ranking:  # the final ranking statistics, reported like any other metric
+                results.update({f"rank/{k}": ranking[-1][k] for k in RANK_METRICS if k in ranking[-1]})
+            jobs.append(Job(job_dir, items, results, curve, ranking))
     return jobs
 
 
@@ -164,6 +183,22 @@ class SweepReport:
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
+    def ranking_markdown(self) -> str:
+        """Final Kendall tau per group (mean ± std over its jobs) and each job's tau with its bootstrap interval."""
+        lines = ["| " + " | ".join([*(self.keys or ["group"]), "jobs", "final Kendall tau", "each job [95% interval]",
+                                    "partial tau given MAdds", "MAdds alone", "passes"]) + " |"]  # fmt: skip
+        lines.append("|" + "---|" * (len(self.keys or ["group"]) + 6))
+        for group, jobs in self.groups.items():
+            ranked = [j for j in jobs if j.ranking]
+            if not ranked:
+                continue
+            each = ", ".join(_with_interval(j.ranking[-1]) for j in ranked)
+            cells = [*(group or ("all jobs",)), str(len(ranked)), _fmt(self.values(group, "rank/kendall_tau")), each,
+                     _fmt(self.values(group, "rank/partial_tau")), _fmt(self.values(group, "rank/madds_kendall_tau")),
+                     " ".join(str(int(j.ranking[-1]["paths"])) for j in ranked)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
     def plot_final(self, path: Path, metric: str = "val/acc_mean") -> Any:
         """One column per group: every job's final ``metric`` as a dot, the mean ± std as a bar."""
         import matplotlib
@@ -213,6 +248,44 @@ class SweepReport:
         fig.savefig(path, dpi=120)
         return fig
 
+    def plot_ranking(self, path: Path) -> Any:
+        """The ranking monitor's Kendall tau against single-path passes: one line per job, one colour per
+        group, the group's mean over its jobs in bold, and the MAdds proxy's tau dashed."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        proxy = set()
+        for k, (group, jobs) in enumerate(self.groups.items()):
+            colour = colours[k % len(colours)]
+            curves = [[(r["paths"], r["kendall_tau"]) for r in j.ranking] for j in jobs if j.ranking]
+            for curve in curves:
+                ax.plot(*zip(*curve), "-", lw=0.8, c=colour, alpha=0.35)
+            proxy |= {round(j.ranking[-1]["madds_kendall_tau"], 6) for j in jobs if j.ranking}
+            common = [c for c in curves if [p for p, _ in c] == [p for p, _ in curves[0]]] if curves else []
+            if common:
+                mean = [statistics.fmean(v) for v in zip(*([t for _, t in c] for c in common))]
+                ax.plot([p for p, _ in common[0]], mean, "o-", ms=3, lw=2, c=colour,
+                        label=f"{self.label(group)} (mean of {len(common)})")  # fmt: skip
+        for value in sorted(proxy):
+            ax.axhline(value, color="grey", ls="--", lw=1, label="MAdds alone" if value == min(proxy) else None)
+        ax.set_xlabel("single-path passes trained")
+        ax.set_ylabel("Kendall tau vs ground truth")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        return fig
+
+
+def _with_interval(row: dict[str, float]) -> str:
+    low, high = row.get("kendall_tau_low", math.nan), row.get("kendall_tau_high", math.nan)
+    return f"{row['kendall_tau']:.3f} [{low:.3f}, {high:.3f}]"
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -235,6 +308,11 @@ def write_report(roots: Sequence[str | Path], out_dir: str | Path | None = None)
     md += ["", report.to_markdown(), "![final metric](report_final.png)", "", "![curves](report_curves.png)", ""]
     if missing:
         md.append(f"No CSV or W&B log for curves in: {', '.join(missing)}.")
+    ranked = [j for j in jobs if j.ranking]
+    if ranked:
+        files["report_ranking.png"] = out / "report_ranking.png"
+        md += ["## Ranking during training (callbacks=ranking)", "", report.ranking_markdown(), "",
+               "![Kendall tau against passes](report_ranking.png)", ""]  # fmt: skip
     write_text_atomic(files["report.md"], "\n".join(md) + "\n")
     write_text_atomic(files["report.csv"], report.to_csv())
     write_text_atomic(files["jobs.csv"], _jobs_csv(jobs, report))
@@ -242,6 +320,8 @@ def write_report(roots: Sequence[str | Path], out_dir: str | Path | None = None)
 
     plt.close(report.plot_final(files["report_final.png"]))
     plt.close(report.plot_curves(files["report_curves.png"]))
+    if ranked:
+        plt.close(report.plot_ranking(files["report_ranking.png"]))
     return report, files
 
 
