@@ -64,7 +64,8 @@ def test_every_trainer_argument_is_a_plain_override():
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
 def test_experiments_compose(name):
     cfg = _compose(f"experiment={name}")
-    expected = {"fairnas_imagenet": ("fairnas_imagenet", 150, 0.045), "cifar10": ("fairnas_cifar", 100, 0.05)}[name]
+    expected = {"fairnas_imagenet": ("fairnas_imagenet", 150, 0.045), "cifar10": ("fairnas_cifar", 100, 0.05),
+                "ranking_curve_macro": ("nas_bench_macro", 50, 0.2)}[name]  # fmt: skip
     assert (cfg.search_space.name, cfg.trainer.max_epochs, cfg.optimizer.lr) == expected
 
 
