@@ -48,6 +48,7 @@ def test_the_wheel_declares_dependencies_commands_and_ships_the_configs(wheel):
     configs = {str(p.relative_to(ROOT)) for p in (ROOT / "conf").rglob("*.yaml")}
     assert {f"fairnas/{c}" for c in configs} <= names  # every config, the whole tree
     assert "fairnas/nas_bench/data/nas-bench-macro_cifar10.json.gz" in names
+    assert "fairnas/ranking/data/fairnas_mini_fashion_mnist.csv" in names  # the monitor's built-in table
 
 
 def test_a_fresh_venv_with_the_wheel_runs_the_commands(wheel, tmp_path):
