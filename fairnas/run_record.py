@@ -73,7 +73,7 @@ NOT_COMPARED = frozenset(
 # optimizer and scheduler, whose saved state a resume restores over any new setting.
 NEVER_ALLOWED = ("search_space", "arch", "optimizer", "scheduler")
 # The default of train.py's resume_allow: extending (or shortening) the budget is what resuming is for.
-ALLOW_ON_RESUME = ("trainer.max_steps", "trainer.max_epochs")
+ALLOW_ON_RESUME = ("trainer.max_steps", "trainer.max_epochs", "max_paths")
 
 
 # ---------------------------------------------------------------------------------- the schema
@@ -124,6 +124,7 @@ class Recipe:
     max_steps: int
     max_epochs: int | None
     precision: str
+    max_paths: int | None = None  # the budget in single-path passes, when given that way (max_steps derives from it)
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ class RunRecord:
             if r.scheduler is not None:
                 out.update({f"scheduler.{k}": v for k, v in r.scheduler.params.items()})
             out.update({f"system.{k}": v for k, v in r.system.items()})
-            out.update({"trainer.max_steps": r.max_steps, "trainer.max_epochs": r.max_epochs})
+            out.update({"trainer.max_steps": r.max_steps, "trainer.max_epochs": r.max_epochs, "max_paths": r.max_paths})
             out["trainer.precision"] = r.precision
         return {k: v for k, v in out.items() if k not in NOT_COMPARED}
 
@@ -299,6 +300,7 @@ def from_train_config(
         max_steps=-1 if trainer["max_steps"] is None else int(trainer["max_steps"]),
         max_epochs=None if trainer.get("max_epochs") is None else int(trainer["max_epochs"]),
         precision=str(trainer["precision"]),
+        max_paths=None if cfg.get("max_paths") is None else int(cfg.max_paths),
     )
     return RunRecord(
         search_space=space.to_dict(),

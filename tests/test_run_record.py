@@ -229,7 +229,7 @@ def test_a_resume_with_other_training_settings_is_refused_naming_each_difference
         assert line in message, line
     assert "optimizer and scheduler cannot change on resume" in message
     allow = message.split("resume_allow=[", 1)[1].split("]", 1)[0].split(",")
-    assert allow == ["trainer.max_steps", "trainer.max_epochs", "seed", "dataset.batch_size", "dataset.seed",
+    assert allow == ["trainer.max_steps", "trainer.max_epochs", "max_paths", "seed", "dataset.batch_size", "dataset.seed",
                      "dataset.augment", "sampler", "system.label_smoothing"]  # fmt: skip
 
 
@@ -297,3 +297,29 @@ def test_overrides_are_selected_by_key_and_the_retrain_command_derived_in_one_pl
     swapped = retrain_overrides(picked, "mnist", ["dataset.val_size=10", "strategy=random"])
     assert swapped == ["search_space=fairnas_mini", "seed=3", "search_space.head.dropout=0.1", "dataset=mnist",
                        "dataset.val_size=10"]  # fmt: skip
+
+
+def test_a_path_budget_is_recorded_and_seen_by_resume_and_refusal(tmp_path):
+    """max_paths=24 (sf on 8x6: 6 paths a step) records max_paths 24 and the max_steps 4 it set; extending it
+    on resume is a recorded budget change, and refused when not allowed, naming both."""
+    from conftest import COMMON, run_entry
+
+    from fairnas.search.checkpoint import load_checkpoint, read_record
+
+    run = tmp_path / "run"
+    proc = run_entry("train.py", *COMMON, "trainer.max_epochs=100", "max_paths=24", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    recipe = read_record(load_checkpoint(last), last).recipe
+    assert (recipe.max_paths, recipe.max_steps) == (24, 4)
+    refused = run_entry("train.py", *COMMON, "trainer.max_epochs=100", "max_paths=48", "ckpt_path=last",
+                        "resume_allow=[]", f"hydra.run.dir={run}")  # fmt: skip
+    assert refused.returncode == 2
+    assert "max_paths: 24 -> 48" in refused.stderr and "trainer.max_steps: 4 -> 8" in refused.stderr
+    assert "resume_allow=[trainer.max_steps,max_paths]" in refused.stderr  # what to do
+    more = run_entry("train.py", *COMMON, "trainer.max_epochs=100", "max_paths=48", "ckpt_path=last",
+                     f"hydra.run.dir={run}")  # fmt: skip
+    assert more.returncode == 0, more.stderr[-3000:]
+    record = read_record(load_checkpoint(last), last)
+    assert (record.recipe.max_paths, record.recipe.max_steps) == (48, 8)
+    assert record.provenance.history[-1].changes == {"trainer.max_steps": [4, 8], "max_paths": [24, 48]}

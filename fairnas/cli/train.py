@@ -64,6 +64,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset)
     arch = None if cfg.arch is None else space.parse_arch(_plain(cfg.arch))
     optimizer, scheduler = _optimizer_and_scheduler(cfg)
+    sampler = None
+    if arch is None:
+        fixed = {"arch": space.parse_arch(_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
+        sampler = instantiate(cfg.sampler, num_layers=space.num_layers, num_choices=space.num_choices, **fixed)
+    if cfg.get("max_paths") is not None:  # the budget is final before the record is made: it records both
+        with open_dict(cfg):
+            cfg.trainer.max_steps = _path_budget(cfg, sampler)
     record = from_train_config(
         cfg, space=space, datamodule=datamodule, arch=None if arch is None else space.format_arch(arch),
         retrain=_retrain_overrides(),
@@ -75,8 +82,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metadata = record.to_dict()  # what every checkpoint stores under "fairnas"
     if arch is None:
         supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
-        fixed = {"arch": space.parse_arch(_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
-        sampler = instantiate(cfg.sampler, num_layers=space.num_layers, num_choices=space.num_choices, **fixed)
         system = instantiate(cfg.system)(
             supernet=supernet,
             sampler=sampler,
@@ -106,8 +111,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     with open_dict(cfg):
         cfg.name, cfg.group, cfg.tags = identity.name, identity.group, identity.tags
-        if cfg.get("max_paths") is not None:
-            cfg.trainer.max_steps = _path_budget(cfg, system)
     loggers, artifact_loggers = build_loggers((cfg.get("logger") or {}).values(), instantiate)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     _prepare_monitors(callbacks, space, datamodule, arch)
@@ -273,14 +276,13 @@ def _sweep_dir() -> str | None:
     return str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
 
 
-def _path_budget(cfg: DictConfig, system: pl.LightningModule) -> int:
-    """trainer.max_steps for ``max_paths`` single-path passes of this run's sampler."""
+def _path_budget(cfg: DictConfig, sampler: Any) -> int:
+    """trainer.max_steps for ``max_paths`` single-path passes of this run's sampler (None: stand-alone)."""
     if cfg.trainer.max_steps not in (None, -1):
         raise ConfigError(
             f"max_paths={cfg.max_paths} and trainer.max_steps={cfg.trainer.max_steps} both set a budget: keep one "
             "(max_paths gives every sampler the same compute)"
         )
-    sampler = getattr(system, "sampler", None)
     if sampler is None:  # stand-alone: one path per optimizer step
         return steps_for_paths(cfg.max_paths, 1, 1)
     return steps_for_paths(cfg.max_paths, sampler.paths_per_step, sampler.updates_per_step)
