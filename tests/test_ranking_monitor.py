@@ -62,6 +62,8 @@ def test_a_ground_truth_that_does_not_fit_the_run_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="holds for cifar10 or cifar10_folder, but this run trains on 'synthetic'"):
         nas_bench_macro().check(macro_space, "synthetic")
     nas_bench_macro().check(macro_space, "synthetic", check_dataset=False)  # the user's own copy of the data
+    with pytest.raises(ConfigError, match="but this run's data has 100 classes, 32x32 images and 3 channels"):
+        nas_bench_macro().check(macro_space, "cifar10_folder", shape=(100, 32, 3))  # a folder of other images
     with pytest.raises(ConfigError, match="no built-in ground truth for the space 'tiny'.*ground_truth=<file>"):
         load_ground_truth("auto", tiny_space())
     bad = tmp_path / "bad.csv"
@@ -159,6 +161,7 @@ def test_the_logged_tau_is_what_the_csv_and_the_ground_truth_give(monitored):
     run = read_offline_run(next((runs["with"] / "wandb").glob("offline-run-*")))
     history = [h for h in run.history if "rank/kendall_tau" in h]
     assert [h["rank/paths"] for h in history] == [0, 12, 24, 36, 48]
+    assert [h["trainer/global_step"] for h in history] == [0, 1, 3, 5, 7]  # the batch whose end it followed
     for h, want in zip(history, recomputed, strict=True):
         assert _same(h["rank/kendall_tau"], want["rank/kendall_tau"])
 
@@ -228,11 +231,13 @@ def test_a_monitor_that_cannot_work_stops_the_run_before_training(tmp_path, over
 def test_a_users_table_of_the_right_data_is_accepted(tmp_path):
     truth = truth_csv(tmp_path / "truth.csv")
     shutil.copy(truth, tmp_path / "copy.csv")
+    # A step budget alone (Lightning's max_epochs becomes -1): every 2nd epoch's end and the end, nothing else.
     proc = run_entry("train.py", *COMMON, *MONITOR, f"callbacks.ranking.ground_truth={tmp_path / 'copy.csv'}",
-                     f"{R}truth_dataset=synthetic", "trainer.max_steps=2", f"{R}at_start=false",
+                     f"{R}truth_dataset=synthetic", "trainer.max_steps=6", "trainer.max_epochs=null",
+                     f"{R}at_start=false", f"{R}every_n_paths=null", f"{R}every_n_epochs=2",
                      f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [int(r["paths"]) for r in read_csv(tmp_path / "run" / "ranking" / "metrics.csv")] == [12]
+    assert [int(r["paths"]) for r in read_csv(tmp_path / "run" / "ranking" / "metrics.csv")] == [36]
 
 
 def test_the_sweep_report_shows_the_final_tau_and_the_curves(monitored, tmp_path):

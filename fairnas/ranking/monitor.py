@@ -10,6 +10,7 @@ samplers compare at equal compute.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import logging
@@ -89,6 +90,8 @@ class RankingMonitor(Callback):
         calibration_seed: Which training batches (fixed for the run).
         val_batches: Validation batches per architecture (null: the whole held-out split).
         n_boot: Bootstrap replicates of the tau interval (0: no interval).
+        preload: Keep the calibration and validation batches on the device (false: stream them from the
+            loaders at every evaluation, for data too large to hold, such as ImageNet's validation split).
         output_dir: Where ``ranking/`` goes (default: the trainer's ``default_root_dir``).
     """
 
@@ -108,6 +111,7 @@ class RankingMonitor(Callback):
         calibration_seed: int = 0,
         val_batches: int | None = None,
         n_boot: int = 1000,
+        preload: bool = True,
         output_dir: str | None = None,
     ) -> None:
         for name, value in (("num_archs", num_archs), ("every_n_paths", every_n_paths),
@@ -118,6 +122,8 @@ class RankingMonitor(Callback):
             raise ConfigError(f"callbacks.ranking.num_archs={num_archs}: a ranking needs at least 3 architectures")
         if type(top_k) is not int or top_k < 1:
             raise ConfigError(f"callbacks.ranking.top_k must be a positive integer, got {top_k!r}")
+        if type(n_boot) is not int or n_boot < 0:
+            raise ConfigError(f"callbacks.ranking.n_boot must be 0 (no interval) or a positive integer, got {n_boot!r}")
         if type(bn_batches) is not int or bn_batches < 1:
             raise ConfigError(f"callbacks.ranking.bn_batches must be a positive integer, got {bn_batches!r}")
         self.spec = str(ground_truth)
@@ -125,7 +131,7 @@ class RankingMonitor(Callback):
         self.num_archs, self.seed = num_archs, int(seed)
         self.every_n_paths, self.every_n_epochs, self.at_start = every_n_paths, every_n_epochs, bool(at_start)
         self.top_k, self.bn_batches, self.calibration_seed = top_k, bn_batches, int(calibration_seed)
-        self.val_batches, self.n_boot, self.output_dir = val_batches, int(n_boot), output_dir
+        self.val_batches, self.n_boot, self.preload, self.output_dir = val_batches, n_boot, bool(preload), output_dir
         self.truth: GroundTruth | None = None
         self.archs: list[Arch] = []
         self.history: list[dict[str, Any]] = []  # one entry per evaluation: paths, epoch, step, seconds, accuracies
@@ -139,7 +145,8 @@ class RankingMonitor(Callback):
     def prepare(self, space: Any, datamodule: Any, cost_model: CostModel) -> None:
         """Loads and checks the ground truth and draws the K architectures: before training, one clear error."""
         self.truth = load_ground_truth(self.spec, space, self.truth_column, self.truth_dataset)
-        self.truth.check(space, dataset_name(type(datamodule)), self.check_dataset)
+        shape = (datamodule.num_classes, datamodule.image_size, datamodule.in_channels)
+        self.truth.check(space, dataset_name(type(datamodule)), self.check_dataset, shape)
         self._cost_model = cost_model
         self.archs = choose_archs(self.truth, cost_model, self.num_archs, self.seed)
         if len(self.archs) < 3:
@@ -168,8 +175,11 @@ class RankingMonitor(Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):  # rank/* against the passes, not W&B's step
+                    # Each by its full name: Lightning defined the glob "*" (trainer/global_step) already, and
+                    # of two matching globs W&B may pick either.
                     logger.experiment.define_metric("rank/paths")
-                    logger.experiment.define_metric("rank/*", step_metric="rank/paths")
+                    for key in (*METRICS, "seconds"):
+                        logger.experiment.define_metric(f"rank/{key}", step_metric="rank/paths")
 
     def _build_evaluator(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> SupernetEvaluator:
         if self._evaluator is None:
@@ -177,8 +187,8 @@ class RankingMonitor(Callback):
             device = pl_module.device
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 loader = datamodule.calibration_dataloader(self.bn_batches, seed=self.calibration_seed)
-                calibration = DeviceBatches(loader, None, device)
-                validation = DeviceBatches(datamodule.val_dataloader(), self.val_batches, device)
+                calibration = DeviceBatches(loader, None, device, self.preload)
+                validation = DeviceBatches(datamodule.val_dataloader(), self.val_batches, device, self.preload)
             mode = pl_module.supernet.training
             self._evaluator = SupernetEvaluator(
                 pl_module.supernet, calibration, validation, self._cost_model,
@@ -192,7 +202,7 @@ class RankingMonitor(Callback):
         self._fit_started, self._segment_seconds = time.perf_counter(), 0.0
         passes = _passes(pl_module)
         if self.at_start and passes == 0 and not self.history:
-            self.evaluate(trainer, pl_module)
+            self.evaluate(trainer, pl_module, _step(trainer))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         passes = _passes(pl_module)
@@ -205,53 +215,73 @@ class RankingMonitor(Callback):
             and self.every_n_epochs is not None
             and ((trainer.current_epoch + 1) % self.every_n_epochs == 0)
         )
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
         final = (0 < trainer.max_steps <= trainer.global_step) or (
-            trainer.is_last_batch and trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+            trainer.is_last_batch and max_epochs is not None and trainer.current_epoch + 1 >= max_epochs
         )
         if crossed or epoch_end or final:
-            self.evaluate(trainer, pl_module)
+            self.evaluate(trainer, pl_module, _step(trainer))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Training ended another way (max_time, early stopping): the final weights are scored too.
         if not self.history or self.history[-1]["paths"] != _passes(pl_module):
-            self.evaluate(trainer, pl_module)
-        self._write_summary(trainer)
+            self.evaluate(trainer, pl_module, _step(trainer) - 1)  # the batch counter has moved past the last batch
+        if trainer.is_global_zero:
+            self._rank_zero_only(self._write_summary, trainer)
 
     # ----------------------------------------------------------------- what
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Scores the K architectures now, records and logs the ranking statistics; returns them."""
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int = 0) -> dict[str, float]:
+        """Scores the K architectures now, records the accuracies, and on rank 0 logs and writes the ranking
+        statistics (``step``: the loggers' step); returns them (empty on the other ranks)."""
         start = time.perf_counter()
         evaluator = self._build_evaluator(trainer, pl_module)
         supernet = pl_module.supernet
         mode = supernet.training
         rank, world = trainer.global_rank, trainer.world_size
-        mine = self.archs[rank::world]
+        # Spread over the ranks where each rank's forwards are its own (DDP, no SyncBatchNorm: its train-mode
+        # forwards are collectives, which ranks scoring different paths would not all make); else all score all.
+        shard = world > 1 and not getattr(trainer.strategy, "_sync_batchnorm", False) and not _synced_bn(supernet)
+        owned = range(rank, len(self.archs), world) if shard else range(len(self.archs))
         device = pl_module.device
         supernet.eval()  # dropout off; the evaluator puts BN in the modes calibration and validation need
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                measured = evaluator.evaluate_many(mine) if mine else []
+                measured = evaluator.evaluate_many([self.archs[i] for i in owned]) if len(owned) else []
         finally:
             supernet.train(mode)
-        accuracy = torch.zeros(len(self.archs), dtype=torch.float64, device=device)
-        for i, result in zip(range(rank, len(self.archs), world), measured, strict=True):
+        accuracy = torch.zeros(len(self.archs), dtype=torch.float64)
+        for i, result in zip(owned, measured, strict=True):
             accuracy[i] = result["acc1"]
-        if world > 1:  # each architecture scored on one rank: the sum is exact, and the same on every rank
-            accuracy = trainer.strategy.reduce(accuracy, reduce_op="sum")
-        seconds = time.perf_counter() - start
+        if shard:  # each architecture scored on one rank: the sum is exact, and the same on every rank
+            accuracy = trainer.strategy.reduce(accuracy.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+        entry = {"paths": _passes(pl_module), "epoch": int(trainer.current_epoch), "step": int(trainer.global_step),
+                 "acc1": [float(a) for a in accuracy.tolist()]}  # fmt: skip
+        metrics: dict[str, float] = {}
+        if trainer.is_global_zero:
+            metrics = entry["stats"] = self.statistics(entry["acc1"])
+        entry["seconds"] = round(time.perf_counter() - start, 3)
+        self.history.append(entry)
+        if trainer.is_global_zero:
+            self._rank_zero_only(self._log, trainer, entry, step)
+            self._rank_zero_only(self._write_files, trainer)
+            log.info("ranking at %d passes: Kendall tau %.3f [%.3f, %.3f] over %d architectures (MAdds alone "
+                     "%.3f), %.1f s", entry["paths"], metrics["kendall_tau"], metrics["kendall_tau_low"],
+                     metrics["kendall_tau_high"], len(self.archs), metrics["madds_kendall_tau"],
+                     entry["seconds"])  # fmt: skip
+        seconds = time.perf_counter() - start  # the files and the plot included
         self.seconds += seconds
         self._segment_seconds += seconds
-        entry = {"paths": _passes(pl_module), "epoch": int(trainer.current_epoch), "step": int(trainer.global_step),
-                 "seconds": round(seconds, 3), "acc1": [float(a) for a in accuracy.cpu().tolist()]}  # fmt: skip
-        self.history.append(entry)
-        metrics = self.statistics(entry["acc1"])
-        if trainer.is_global_zero:
-            self._log(trainer, entry, metrics)
-            self._write_files(trainer)
-        log.info("ranking at %d passes: Kendall tau %.3f [%.3f, %.3f] over %d architectures (MAdds alone %.3f), %.1f s",
-                 entry["paths"], metrics["kendall_tau"], metrics["kendall_tau_low"], metrics["kendall_tau_high"],
-                 len(self.archs), metrics["madds_kendall_tau"], seconds)  # fmt: skip
         return metrics
+
+    @staticmethod
+    def _rank_zero_only(fn: Any, *args: Any) -> None:
+        """Runs what rank 0 alone does (logging, files): a failure there warns instead of ending rank 0 while the
+        other ranks wait for it at the next collective."""
+        try:
+            fn(*args)
+        except Exception as error:  # noqa: BLE001 - reported, and training goes on
+            log.warning("ranking monitor: %s failed (%s: %s); training goes on", fn.__name__, type(error).__name__,
+                        error)  # fmt: skip
 
     def statistics(self, oneshot: list[float]) -> dict[str, float]:
         """The ranking statistics of one-shot accuracies of the K architectures (in :attr:`archs` order)."""
@@ -272,11 +302,11 @@ class RankingMonitor(Callback):
         }
 
     # ----------------------------------------------------------------- where it goes
-    def _log(self, trainer: pl.Trainer, entry: dict[str, Any], metrics: dict[str, float]) -> None:
-        series = {f"rank/{k}": float(v) for k, v in metrics.items()}
+    def _log(self, trainer: pl.Trainer, entry: dict[str, Any], step: int) -> None:
+        series = {f"rank/{k}": float(v) for k, v in entry["stats"].items()}
         series["rank/seconds"] = float(entry["seconds"])
         series["rank/paths"] = float(entry["paths"])
-        step = max(0, int(trainer.fit_loop.epoch_loop._batches_that_stepped) - 1)
+        step = max(0, int(step))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):  # TensorBoard's x-axis is the step: make it the passes
                 for key, value in series.items():
@@ -309,7 +339,7 @@ class RankingMonitor(Callback):
         w.writerow(["evaluation", "paths", "epoch", "step", "seconds", *METRICS])
         curve = []
         for n, entry in enumerate(self.history):
-            stats = self.statistics(entry["acc1"])
+            stats = entry.get("stats") or self.statistics(entry["acc1"])
             curve.append((entry["paths"], stats))
             w.writerow([n, entry["paths"], entry["epoch"], entry["step"], entry["seconds"],
                         *(repr(float(stats[k])) for k in METRICS)])  # fmt: skip
@@ -320,7 +350,7 @@ class RankingMonitor(Callback):
         if not trainer.is_global_zero or not self.history:
             return
         fit_seconds = time.perf_counter() - self._fit_started
-        last = self.statistics(self.history[-1]["acc1"])
+        last = self.history[-1].get("stats") or self.statistics(self.history[-1]["acc1"])
         write_json_atomic(self._folder(trainer) / "summary.json", {
             "ground_truth": self.truth.name, "num_archs": len(self.archs), "seed": self.seed,
             "evaluations": len(self.history), "paths": self.history[-1]["paths"],
@@ -333,17 +363,27 @@ class RankingMonitor(Callback):
 
     # ----------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
-        return {"archs": [format_arch(a) for a in self.archs], "history": self.history, "seconds": self.seconds,
-                "ground_truth": None if self.truth is None else self.truth.name}  # fmt: skip
+        return {"archs": [format_arch(a) for a in self.archs], "history": copy.deepcopy(self.history),
+                "seconds": self.seconds, "ground_truth": None if self.truth is None else self.truth.name}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = [tuple(int(c) for c in a.split("-")) for a in state.get("archs", [])]
-        if self.archs and saved != self.archs:
+        other_truth = self.truth is not None and state.get("ground_truth") not in (None, self.truth.name)
+        if (self.archs and saved != self.archs) or other_truth:
             log.warning("the ranking monitor of the checkpoint scored other architectures (another ground truth, "
                         "num_archs or seed): its curve starts again")  # fmt: skip
             return
-        self.history = list(state.get("history", []))
+        self.history = copy.deepcopy(list(state.get("history", [])))
         self.seconds = float(state.get("seconds", 0.0))
+
+
+def _step(trainer: pl.Trainer) -> int:
+    """The loggers' step of the batch being finished: Lightning logs its metrics there (batches trained)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def _synced_bn(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules())
 
 
 def _passes(pl_module: pl.LightningModule) -> int:

@@ -52,9 +52,14 @@ class GroundTruth:
     space: str | None
     datasets: tuple[str, ...] | None
     lookup: Callable[[Sequence[int]], Arch] | None = None
+    shape: tuple[int, int, int] | None = None  # (classes, image size, channels) of the data; None: not stated
 
-    def check(self, space: SearchSpace, dataset: str | None, check_dataset: bool = True) -> None:
-        """Raises one :class:`ConfigError` if the table does not fit the run's space or data."""
+    def check(
+        self, space: SearchSpace, dataset: str | None, check_dataset: bool = True,
+        shape: tuple[int, int, int] | None = None,
+    ) -> None:  # fmt: skip
+        """Raises one :class:`ConfigError` if the table does not fit the run's space or data (``shape``: the
+        data's classes, image size and channels; a folder dataset's name alone does not say what it holds)."""
         if self.space is not None and space.name != self.space:
             raise ConfigError(
                 f"ground truth {self.name!r} holds architectures of the space {self.space!r}, but this run trains "
@@ -74,6 +79,12 @@ class GroundTruth:
                 f"{dataset!r}: train on that data, give a ground truth of yours, or, if the data is the same under "
                 "another name (your own copy in a folder), set callbacks.ranking.check_dataset=false"
             )
+        if check_dataset and self.shape is not None and shape is not None and tuple(shape) != self.shape:
+            raise ConfigError(
+                f"ground truth {self.name!r} holds for {' or '.join(self.datasets or ())} ({self.shape[0]} classes, "
+                f"{self.shape[1]}x{self.shape[1]} images, {self.shape[2]} channels), but this run's data has "
+                f"{shape[0]} classes, {shape[1]}x{shape[1]} images and {shape[2]} channels: train on that data"
+            )
 
     def __call__(self, arch: Sequence[int]) -> float:
         """The true accuracy of ``arch`` (through :attr:`lookup`)."""
@@ -89,14 +100,16 @@ def nas_bench_macro(path: str | Path | None = None) -> GroundTruth:
     def lookup(arch: Sequence[int]) -> Arch:
         return key_to_arch(canonical_key(tuple(int(c) for c in arch), MACRO_STAGES))
 
-    return GroundTruth("nas_bench_macro", accuracy, "nas_bench_macro", ("cifar10", "cifar10_folder"), lookup)
+    return GroundTruth(
+        "nas_bench_macro", accuracy, "nas_bench_macro", ("cifar10", "cifar10_folder"), lookup, shape=(10, 32, 3)
+    )
 
 
 def fairnas_mini() -> GroundTruth:
     """The 40 architectures of the Fashion-MNIST ranking study, mean stand-alone accuracy over 12 seeds."""
     rows = _read_csv(FAIRNAS_MINI_FILE)
     accuracy = {tuple(int(c) for c in r["arch"].split("-")): float(r["accuracy"]) for r in rows}
-    return GroundTruth("fairnas_mini", accuracy, "fairnas_mini", ("fashion_mnist",))
+    return GroundTruth("fairnas_mini", accuracy, "fairnas_mini", ("fashion_mnist",), shape=(10, 28, 1))
 
 
 def from_csv(path: str | Path, space: SearchSpace, column: str = "accuracy", dataset: str | None = None) -> GroundTruth:
@@ -158,5 +171,5 @@ def load_ground_truth(
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
         return list(csv.DictReader(f))
