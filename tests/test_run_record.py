@@ -229,8 +229,8 @@ def test_a_resume_with_other_training_settings_is_refused_naming_each_difference
         assert line in message, line
     assert "optimizer and scheduler cannot change on resume" in message
     allow = message.split("resume_allow=[", 1)[1].split("]", 1)[0].split(",")
-    assert allow == ["trainer.max_steps", "trainer.max_epochs", "max_paths", "seed", "dataset.batch_size", "dataset.seed",
-                     "dataset.augment", "sampler", "system.label_smoothing"]  # fmt: skip
+    assert allow == ["trainer.max_steps", "trainer.max_epochs", "max_paths", "seed", "dataset.batch_size",
+                     "dataset.seed", "dataset.augment", "sampler", "system.label_smoothing"]  # fmt: skip
 
 
 def test_another_optimizer_class_is_a_refused_difference_even_when_allowed(record):
