@@ -276,10 +276,7 @@ def from_train_config(
     Raises:
         ConfigError: a setting that a record cannot hold as plain data (a nested ``_target_``).
     """
-    from omegaconf import OmegaConf
-
-    def container(node: Any) -> Any:
-        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    container = to_plain
 
     def component(name: str, node: Any) -> Component | None:
         node = container(node)
@@ -314,6 +311,13 @@ def from_train_config(
         retrain_overrides=tuple(retrain),
         provenance=Provenance(created=_now(), git_commit=git_commit(root)),
     )
+
+
+def to_plain(node: Any) -> Any:
+    """An OmegaConf node as plain, resolved Python data (dicts and lists); anything else as it is."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _settings(node: Mapping[str, Any], where: str) -> dict[str, Any]:

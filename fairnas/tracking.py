@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from fairnas.errors import ConfigError
+from fairnas.run_record import git_commit
 
 # Keys whose values never reach a logger (matched anywhere in a key, case-insensitive).
 SECRET_KEYS = re.compile(r"api_?key|token|secret|passw(or)?d|credential", re.IGNORECASE)
@@ -36,24 +36,6 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
-
-
-def git_commit(path: str | Path | None = None) -> str | None:
-    """The commit of the git checkout holding ``path`` (default: this package), with ``-dirty``
-    when tracked files have uncommitted changes; None outside a checkout or without git."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        git = ["git", "-C", str(where)]
-        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 @dataclass

@@ -32,7 +32,14 @@ from fairnas.data.base import SplitDataModule, check_seed
 from fairnas.errors import ConfigError, exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.ranking import RankingMonitor
-from fairnas.run_record import ALLOW_ON_RESUME, RunRecord, from_train_config, resume_record, training_overrides
+from fairnas.run_record import (
+    ALLOW_ON_RESUME,
+    RunRecord,
+    from_train_config,
+    resume_record,
+    to_plain,
+    training_overrides,
+)
 from fairnas.search.checkpoint import load_checkpoint, read_record
 from fairnas.system import resolve_strategy
 from fairnas.system.ddp import cluster_plugins, explicit_checkpoints_only, isolated_distributed_run
@@ -62,11 +69,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     space: SearchSpace = instantiate(cfg.search_space)
     datamodule = instantiate(cfg.dataset)
-    arch = None if cfg.arch is None else space.parse_arch(_plain(cfg.arch))
+    arch = None if cfg.arch is None else space.parse_arch(to_plain(cfg.arch))
     optimizer, scheduler = _optimizer_and_scheduler(cfg)
     sampler = None
     if arch is None:
-        fixed = {"arch": space.parse_arch(_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
+        fixed = {"arch": space.parse_arch(to_plain(cfg.sampler.arch))} if "arch" in cfg.sampler else {}
         sampler = instantiate(cfg.sampler, num_layers=space.num_layers, num_choices=space.num_choices, **fixed)
     if cfg.get("max_paths") is not None:  # the budget is final before the record is made: it records both
         with open_dict(cfg):
@@ -323,10 +330,6 @@ def _optimizer_and_scheduler(cfg: DictConfig) -> tuple[Any, Any]:
                 f"experiment or the command line: drop them (~{group}.<key>) or choose another {group}"
             ) from None
     return factories["optimizer"], factories["scheduler"]
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
