@@ -105,7 +105,7 @@ class RankingMonitor(Callback):
         seed: int = 0,
         every_n_paths: int | None = None,
         every_n_epochs: int | None = 1,
-        at_start: bool = True,
+        at_start: bool = False,
         top_k: int = 5,
         bn_batches: int = 10,
         calibration_seed: int = 0,
