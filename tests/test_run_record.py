@@ -28,7 +28,7 @@ from fairnas.run_record import (
     select_overrides,
     training_overrides,
 )
-from fairnas.search.checkpoint import CheckpointError, load_record, load_supernet
+from fairnas.search.checkpoint import CheckpointError, load_checkpoint, load_supernet, read_record
 
 
 def record_of(*overrides: str) -> RunRecord:
@@ -182,12 +182,14 @@ def test_schema_0_metadata_is_read_and_its_dataset_target_is_only_a_name(record,
     marker = tmp_path / "pwned"
     evil = copy.deepcopy(old)
     evil["dataset"] = {"_target_": "os.makedirs", "name": str(marker), "batch_size": 1}
-    saved = load_record(_supernet_checkpoint(record, tmp_path / "evil.ckpt", evil))
+    evil_path = _supernet_checkpoint(record, tmp_path / "evil.ckpt", evil)
+    saved = read_record(load_checkpoint(evil_path), evil_path)
     with pytest.raises(UnknownDatasetError, match=r"unknown dataset 'os.makedirs'.*allow_datasets=\[os.makedirs\]"):
         saved.data.build()
     evil["dataset"] = {**old["dataset"], "_args_": [str(marker)]}
     with pytest.raises(CheckpointError, match="record.data.params._args_"):
-        load_record(_supernet_checkpoint(record, tmp_path / "evil2.ckpt", evil))
+        evil2 = _supernet_checkpoint(record, tmp_path / "evil2.ckpt", evil)
+        read_record(load_checkpoint(evil2), evil2)
     assert not marker.exists()
 
 
@@ -303,8 +305,6 @@ def test_a_path_budget_is_recorded_and_seen_by_resume_and_refusal(tmp_path):
     """max_paths=24 (sf on 8x6: 6 paths a step) records max_paths 24 and the max_steps 4 it set; extending it
     on resume is a recorded budget change, and refused when not allowed, naming both."""
     from conftest import COMMON, run_entry
-
-    from fairnas.search.checkpoint import load_checkpoint, read_record
 
     run = tmp_path / "run"
     proc = run_entry("train.py", *COMMON, "trainer.max_epochs=100", "max_paths=24", f"hydra.run.dir={run}")

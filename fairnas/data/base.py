@@ -351,7 +351,7 @@ class SplitDataModule(pl.LightningDataModule):
             sampler.set_epoch(epoch)
             sampler.resume_at(epoch, batches * self.batch_size)
             self._resume_state = None
-        return self._loader(dataset, self.batch_size, shuffle=False, drop_last=True, sampler=sampler)
+        return self._loader(dataset, self.batch_size, drop_last=True, sampler=sampler)
 
     # ----------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, int]:
@@ -376,7 +376,7 @@ class SplitDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Validation loader (held out from training data), in fixed order."""
-        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False, drop_last=False)
+        return self._loader(self.val_dataset, self.eval_batch_size, drop_last=False)
 
     def test_dataloader(self) -> DataLoader:
         """Test loader in fixed order.
@@ -387,7 +387,7 @@ class SplitDataModule(pl.LightningDataModule):
         test = self.test_dataset
         if test is None:
             raise DataError(self._no_test_message())
-        return self._loader(test, self.eval_batch_size, shuffle=False, drop_last=False)
+        return self._loader(test, self.eval_batch_size, drop_last=False)
 
     def calibration_dataloader(self, num_batches: int, seed: int, batch_size: int | None = None) -> DataLoader:
         """Loader over a fixed seeded random subset of the training split, without augmentation.
@@ -416,7 +416,7 @@ class SplitDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(derive_seed(seed, STREAM_CALIBRATION))
         positions = torch.randperm(n_train, generator=generator)[: min(wanted, n_train)]
         dataset = self._calibration_dataset(positions)
-        return self._loader(dataset, batch_size, shuffle=False, drop_last=False, persistent=False)
+        return self._loader(dataset, batch_size, drop_last=False, persistent=False)
 
     # ----------------------------------------------------------------- helpers
     def _loader(
@@ -424,19 +424,18 @@ class SplitDataModule(pl.LightningDataModule):
         dataset: Dataset,
         batch_size: int,
         *,
-        shuffle: bool,
         drop_last: bool,
         persistent: bool = True,
         sampler: Sampler | None = None,
     ) -> DataLoader:
-        # Training: an EpochShuffleSampler, which Lightning keeps under DDP. Evaluation: none, and Lightning
-        # swaps in a DistributedSampler under DDP.
+        # The order is the sampler's, never DataLoader's own shuffle. Training: an EpochShuffleSampler, which
+        # Lightning keeps under DDP. Evaluation: none, and Lightning swaps in a DistributedSampler under DDP.
         collate: Callable[[Any], Any] | None = identity_collate if self._batched else None
         workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=False,
             drop_last=drop_last,
             num_workers=workers,
             collate_fn=collate,

@@ -62,11 +62,6 @@ def read_record(ckpt: dict[str, Any], path: str | Path) -> RunRecord:
         ) from None
 
 
-def load_record(path: str | Path) -> RunRecord:
-    """The validated run record of the checkpoint at ``path``."""
-    return read_record(load_checkpoint(path), path)
-
-
 def load_supernet(path: str | Path) -> tuple[Supernet, RunRecord]:
     """The trained supernet (on the CPU, eval mode) and the run record of a training checkpoint."""
     ckpt = load_checkpoint(path)
