@@ -9,8 +9,9 @@ whole MAdds range instead, always including the space's cheapest and most expens
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +116,16 @@ def stratified_sample(
             chosen.append(tuple(int(c) for c in candidates[queue.pop(0)]))
     costs = madds(np.array(chosen, dtype=np.int64))
     return [chosen[i] for i in sorted(range(len(chosen)), key=lambda i: (int(costs[i]), chosen[i]))]
+
+
+def one_per_cost_bin(items: Iterable[Any], cost: Callable[[Any], float], n: int | None, seed: int) -> list[Any]:
+    """``n`` of ``items`` spread over their cost: sorted by (cost, item), cut into ``n`` bins of equal count,
+    one drawn from each (``seed``); all of them if ``n`` is None or at least their number. In cost order."""
+    ranked = sorted(items, key=lambda item: (cost(item), item))
+    if n is None or n >= len(ranked):
+        return ranked
+    rng = np.random.default_rng(seed)
+    return [ranked[int(rng.choice(part))] for part in np.array_split(np.arange(len(ranked)), n)]
 
 
 def write_archs(archs: Iterable[Arch], path: str | Path, space: SearchSpace) -> Path:

@@ -226,38 +226,20 @@ class SweepReport:
 
     def plot_curves(self, path: Path) -> Any:
         """Validation accuracy against batches trained, one line per job, one colour per group."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, ax, colours = _curve_axes()
         for k, (group, jobs) in enumerate(self.groups.items()):
             for n, job in enumerate(jobs):
                 if job.curve:
                     steps, accs = zip(*job.curve)
                     label = self.label(group) if n == 0 else None
                     ax.plot(steps, accs, "o-", ms=3, c=colours[k % len(colours)], alpha=0.8, label=label)
-        ax.set_xlabel("batches trained (Lightning step; m single-path passes each for sf, ef and biased)")
-        ax.set_ylabel("val/acc_mean")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        return fig
+        xlabel = "batches trained (Lightning step; m single-path passes each for sf, ef and biased)"
+        return _finish_curves(fig, ax, path, xlabel, "val/acc_mean")
 
     def plot_ranking(self, path: Path) -> Any:
         """The ranking monitor's Kendall tau against single-path passes: one line per job, one colour per
         group, the group's mean over its jobs in bold, and the MAdds proxy's tau dashed."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, ax, colours = _curve_axes()
         proxy = set()
         for k, (group, jobs) in enumerate(self.groups.items()):
             colour = colours[k % len(colours)]
@@ -272,14 +254,29 @@ class SweepReport:
                         label=f"{self.label(group)} (mean of {len(common)})")  # fmt: skip
         for value in sorted(proxy):
             ax.axhline(value, color="grey", ls="--", lw=1, label="MAdds alone" if value == min(proxy) else None)
-        ax.set_xlabel("single-path passes trained")
-        ax.set_ylabel("Kendall tau vs ground truth")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        return fig
+        return _finish_curves(fig, ax, path, "single-path passes trained", "Kendall tau vs ground truth")
+
+
+def _curve_axes() -> tuple[Any, Any, list[str]]:
+    """A figure for curves of every job, and the colour cycle (one colour per group)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    return fig, ax, plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _finish_curves(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str) -> Any:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
 
 
 def _with_interval(row: dict[str, float]) -> str:

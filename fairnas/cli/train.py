@@ -203,8 +203,7 @@ def _prepare_monitors(callbacks: list[Any], space: SearchSpace, datamodule: Any,
             "drop callbacks=ranking (or arch=...)"
         )
     for monitor in monitors:
-        cost = CostModel.create(space, datamodule.image_size, datamodule.num_classes, datamodule.in_channels)
-        monitor.prepare(space, datamodule, cost)
+        monitor.prepare(space, datamodule)
 
 
 def _resume_path(ckpt_path: str | None, out_dir: Path) -> str | None:

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from fairnas.analysis.ranking import bootstrap_ci, kendall_tau, partial_kendall_tau, spearman_rho, top_k_precision
+from fairnas.analysis.sampling import one_per_cost_bin
 from fairnas.arch import Arch, format_arch
 from fairnas.data.registry import dataset_name
 from fairnas.errors import ConfigError
@@ -42,14 +42,9 @@ METRICS = ("kendall_tau", "kendall_tau_low", "kendall_tau_high", "spearman", "pa
 
 
 def choose_archs(truth: GroundTruth, cost_model: CostModel, num_archs: int | None, seed: int) -> list[Arch]:
-    """K distinct architectures of the table, stratified by MAdds: the table sorted by cost, cut into K
-    bins of equal count, one architecture drawn from each (``seed``); all of them if K is None or at
-    least the table's size. Returned in cost order."""
-    archs = sorted(truth.accuracy, key=lambda a: (cost_model.madds(a), a))
-    if num_archs is None or num_archs >= len(archs):
-        return archs
-    rng = np.random.default_rng(seed)
-    return [archs[int(rng.choice(part))] for part in np.array_split(np.arange(len(archs)), num_archs)]
+    """K distinct architectures of the table, stratified by MAdds (:func:`~fairnas.analysis.sampling.one_per_cost_bin`):
+    all of them if K is None or at least the table's size. Returned in cost order."""
+    return one_per_cost_bin(truth.accuracy, cost_model.madds, num_archs, seed)
 
 
 class RankingMonitor(Callback):
@@ -138,17 +133,22 @@ class RankingMonitor(Callback):
         self.seconds = 0.0  # spent evaluating, over every segment of the run (resumes included)
         self._evaluator: SupernetEvaluator | None = None
         self._cost_model: CostModel | None = None
+        self._true: list[float] = []  # the ground truth of each of the K architectures
+        self._madds: list[int] = []
         self._fit_started = 0.0
         self._segment_seconds = 0.0  # spent evaluating in this process's fit
 
     # ----------------------------------------------------------------- set-up
-    def prepare(self, space: Any, datamodule: Any, cost_model: CostModel) -> None:
+    def prepare(self, space: Any, datamodule: Any) -> None:
         """Loads and checks the ground truth and draws the K architectures: before training, one clear error."""
         self.truth = load_ground_truth(self.spec, space, self.truth_column, self.truth_dataset)
         shape = (datamodule.num_classes, datamodule.image_size, datamodule.in_channels)
         self.truth.check(space, dataset_name(type(datamodule)), self.check_dataset, shape)
-        self._cost_model = cost_model
-        self.archs = choose_archs(self.truth, cost_model, self.num_archs, self.seed)
+        self._cost_model = CostModel.create(space, datamodule.image_size, datamodule.num_classes,
+                                            datamodule.in_channels)  # fmt: skip
+        self.archs = choose_archs(self.truth, self._cost_model, self.num_archs, self.seed)
+        self._true = [self.truth(a) for a in self.archs]
+        self._madds = [self._cost_model.madds(a) for a in self.archs]
         if len(self.archs) < 3:
             raise ConfigError(
                 f"ground truth {self.truth.name!r} holds {len(self.archs)} architectures: a ranking needs 3"
@@ -167,11 +167,8 @@ class RankingMonitor(Callback):
                 "callbacks=ranking scores architectures with a supernet, but this run trains one network stand-alone "
                 "(arch=...): drop callbacks=ranking"
             )
-        datamodule = trainer.datamodule
         if self.truth is None:  # not prepared by train.py: built here (a Trainer of the user's own)
-            cost = CostModel.create(supernet.space, datamodule.image_size, datamodule.num_classes,
-                                    datamodule.in_channels)  # fmt: skip
-            self.prepare(supernet.space, datamodule, cost)
+            self.prepare(supernet.space, trainer.datamodule)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):  # rank/* against the passes, not W&B's step
@@ -226,7 +223,7 @@ class RankingMonitor(Callback):
         # Training ended another way (max_time, early stopping): the final weights are scored too.
         if not self.history or self.history[-1]["paths"] != _passes(pl_module):
             self.evaluate(trainer, pl_module, _step(trainer) - 1)  # the batch counter has moved past the last batch
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.history:
             self._rank_zero_only(self._write_summary, trainer)
 
     # ----------------------------------------------------------------- what
@@ -240,7 +237,7 @@ class RankingMonitor(Callback):
         rank, world = trainer.global_rank, trainer.world_size
         # Spread over the ranks where each rank's forwards are its own (DDP, no SyncBatchNorm: its train-mode
         # forwards are collectives, which ranks scoring different paths would not all make); else all score all.
-        shard = world > 1 and not getattr(trainer.strategy, "_sync_batchnorm", False) and not _synced_bn(supernet)
+        shard = world > 1 and not _synced_bn(supernet)
         owned = range(rank, len(self.archs), world) if shard else range(len(self.archs))
         device = pl_module.device
         supernet.eval()  # dropout off; the evaluator puts BN in the modes calibration and validation need
@@ -285,8 +282,7 @@ class RankingMonitor(Callback):
 
     def statistics(self, oneshot: list[float]) -> dict[str, float]:
         """The ranking statistics of one-shot accuracies of the K architectures (in :attr:`archs` order)."""
-        truth = [self.truth(a) for a in self.archs]
-        madds = [float(self._cost_model.madds(a)) for a in self.archs]
+        truth, madds = self._true, [float(m) for m in self._madds]
         if self.n_boot:
             tau, low, high = bootstrap_ci(kendall_tau, oneshot, truth, n_boot=self.n_boot, seed=self.seed)
         else:
@@ -323,8 +319,7 @@ class RankingMonitor(Callback):
     def _write_files(self, trainer: pl.Trainer) -> None:
         folder = self._folder(trainer)
         names = [format_arch(a) for a in self.archs]
-        truth = [self.truth(a) for a in self.archs]
-        madds = [self._cost_model.madds(a) for a in self.archs]
+        truth, madds = self._true, self._madds
         params = [self._cost_model.params(a) for a in self.archs]
         rows = io.StringIO()
         w = csv.writer(rows, lineterminator="\n")
@@ -347,8 +342,6 @@ class RankingMonitor(Callback):
         _plot(curve, folder / "tau.png", f"{self.truth.name}: {len(self.archs)} architectures")
 
     def _write_summary(self, trainer: pl.Trainer) -> None:
-        if not trainer.is_global_zero or not self.history:
-            return
         fit_seconds = time.perf_counter() - self._fit_started
         last = self.history[-1].get("stats") or self.statistics(self.history[-1]["acc1"])
         write_json_atomic(self._folder(trainer) / "summary.json", {

@@ -30,6 +30,7 @@ import numpy as np
 
 from fairnas.analysis import read_archs, write_archs
 from fairnas.analysis.ranking import bootstrap_ci, kendall_tau
+from fairnas.analysis.sampling import one_per_cost_bin
 from fairnas.errors import ConfigError
 from fairnas.models import CostModel, SearchSpace
 from fairnas.nas_bench import arch_to_key, canonical_key, distinct_keys, key_to_arch, load_macro
@@ -126,9 +127,7 @@ class BenchmarkRankingStudy(RankingStudy):
         else:
             keys = distinct_keys(self.bench)
             if self.sample_size is not None and self.sample_size < len(keys):
-                keys.sort(key=lambda k: (self.bench[k].flops, k))
-                rng = np.random.default_rng(self.sample_seed)
-                keys = sorted(str(rng.choice(part)) for part in np.array_split(np.array(keys), self.sample_size))
+                keys = sorted(one_per_cost_bin(keys, lambda k: self.bench[k].flops, self.sample_size, self.sample_seed))
             archs = [key_to_arch(k) for k in keys]
             write_archs(archs, self.archs_file, self.space)
             log.info("%d distinct networks of the benchmark in %s", len(archs), self.archs_file)
