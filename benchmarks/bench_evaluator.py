@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairnas.data import FashionMNISTDataModule  # noqa: E402
 from fairnas.models import CostModel, Supernet, layout  # noqa: E402
-from fairnas.search import SupernetEvaluator, load_supernet, materialise  # noqa: E402
+from fairnas.run import load_supernet  # noqa: E402
+from fairnas.search import SupernetEvaluator, materialise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

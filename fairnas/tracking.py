@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from fairnas.errors import ConfigError
-from fairnas.run_record import git_commit
+from fairnas.run.record import git_commit
 
 # Keys whose values never reach a logger (matched anywhere in a key, case-insensitive).
 SECRET_KEYS = re.compile(r"api_?key|token|secret|passw(or)?d|credential", re.IGNORECASE)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 
 from fairnas.data.registry import dataset_name
 from fairnas.models import SearchSpace
-from fairnas.run_record import DataSpec
+from fairnas.run.record import DataSpec
 from fairnas.samplers import PathSampler
 
 GROUPS = {

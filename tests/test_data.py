@@ -212,7 +212,7 @@ def test_a_resumed_epoch_skips_exactly_the_batches_already_trained(fashion_dir: 
     full.sampler.set_epoch(2)
     expected = [y for _, y in full]
     dm = fashion(fashion_dir, seed=3)
-    dm.load_state_dict({"epoch": 2, "batches": 3})  # as a checkpoint after 3 batches of epoch 2 holds
+    dm.resume_at(2, 3)  # what the system hands over from a checkpoint after 3 batches of epoch 2
     resumed = dm.train_dataloader()
     resumed.sampler.set_epoch(2)
     rest = [y for _, y in resumed]
@@ -290,17 +290,19 @@ def test_a_process_s_share_smaller_than_a_batch_and_a_resume_on_another_device_c
         dm.train_dataloader()
     dm = SyntheticDataModule(8, 3, 4, num_train=64, num_val=8, batch_size=16)
     dm.trainer = SimpleNamespace(world_size=1, global_rank=0)
-    for saved, warns in [({"epoch": 0, "batches": 1, "world_size": 2}, True),
-                         ({"epoch": 0, "batches": 1, "world_size": 1}, False),
-                         ({"epoch": 0, "batches": 1}, False),  # written before the count was recorded: one process
-                         ({"epoch": 1, "batches": 0, "world_size": 2}, False)]:  # fmt: skip  # an epoch's end: exact
+    # (position the system hands over, the datamodule's saved state, whether it warns)
+    for (epoch, batches), saved, warns in [((0, 1), {"world_size": 2}, True),
+                                           ((0, 1), {"world_size": 1}, False),
+                                           ((0, 1), {"epoch": 0, "batches": 1}, False),  # older: one process
+                                           ((1, 0), {"world_size": 2}, False)]:  # fmt: skip  # epoch's end: exact
+        dm.resume_at(epoch, batches)
         dm.load_state_dict(saved)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             loader = dm.train_dataloader()
         told = [str(w.message) for w in caught if "process(es)" in str(w.message)]
         assert bool(told) == warns, (saved, told)
-        assert len(list(loader)) == 4 - saved["batches"]  # the batches not trained yet, whatever the warning
+        assert len(list(loader)) == 4 - batches  # the batches not trained yet, whatever the warning
 
 
 def test_torchvision_layout(tmp_path: Path) -> None:

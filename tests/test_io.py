@@ -39,7 +39,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Pat
 
 _SLOW_SAVE = r"""
 import io, shutil, sys, time, torch
-from fairnas.utils.checkpoint_io import AtomicCheckpointIO
+from fairnas.run.checkpoint import AtomicCheckpointIO
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 path, which = sys.argv[1:]
@@ -110,7 +110,7 @@ def test_checkpoints_never_go_through_tmpdir(tmp_path: Path, monkeypatch):
 
     import torch
 
-    from fairnas.utils.checkpoint_io import AtomicCheckpointIO
+    from fairnas.run.checkpoint import AtomicCheckpointIO
 
     # A $TMPDIR that cannot hold the checkpoint (here: does not exist) made every Lightning save fail.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmpdir"))
@@ -124,9 +124,9 @@ def test_checkpoints_never_go_through_tmpdir(tmp_path: Path, monkeypatch):
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch, code, reason):
     import errno
 
-    import fairnas.utils.checkpoint_io as checkpoint_io
+    import fairnas.run.checkpoint as checkpoint_io
+    from fairnas.run.checkpoint import AtomicCheckpointIO
     from fairnas.utils import StorageError
-    from fairnas.utils.checkpoint_io import AtomicCheckpointIO
 
     assert code in (errno.ENOSPC, errno.EROFS)
     path = tmp_path / "last.ckpt"
@@ -162,7 +162,7 @@ def _raise():
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 io.write_atomic = write_atomic
-import fairnas.utils.checkpoint_io as checkpoint_io
+import fairnas.run.checkpoint as checkpoint_io
 checkpoint_io.write_atomic = write_atomic
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")

@@ -105,7 +105,7 @@ def test_a_resumed_epoch_skips_exactly_the_batches_already_trained(tree: Path) -
     full.sampler.set_epoch(1)
     expected = list(full)
     dm = module(tree, seed=1)
-    dm.load_state_dict({"epoch": 1, "batches": 2})
+    dm.resume_at(1, 2)
     resumed = dm.train_dataloader()
     resumed.sampler.set_epoch(1)
     rest = list(resumed)

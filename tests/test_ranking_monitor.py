@@ -189,7 +189,8 @@ def test_under_ddp_the_ranks_share_the_work_and_log_what_the_checkpoint_gives(tm
     evaluator gives the final checkpoint, with the same calibration."""
     import torch
 
-    from fairnas.search import DeviceBatches, SupernetEvaluator, load_supernet
+    from fairnas.run import load_supernet
+    from fairnas.search import DeviceBatches, SupernetEvaluator
 
     truth = truth_csv(tmp_path / "truth.csv")
     proc = run_entry("train.py", *COMMON, *MONITOR, f"callbacks.ranking.ground_truth={truth}", "trainer.devices=2",

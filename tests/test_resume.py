@@ -30,6 +30,7 @@ from conftest import (
 
 from fairnas.cli import train
 from fairnas.errors import ConfigError
+from fairnas.run.resume import find_resume_point
 
 EVERY_STEP = ["callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.save_top_k=-1"]
 
@@ -202,7 +203,7 @@ def test_a_run_continued_from_any_kind_of_checkpoint_is_the_uninterrupted_run(re
             fit(first, *overrides, "callbacks.model_checkpoint.every_n_train_steps=1",
                 "+callbacks.preempt._target_=conftest.PreemptedAt", "+callbacks.preempt.step=2")  # fmt: skip
         assert ckpt(first / "checkpoints" / "last.ckpt")["global_step"] == 1
-        assert train._resume_path("last", first) == str(first / "hpc_ckpt_1.ckpt")
+        assert find_resume_point("last", first).path == str(first / "hpc_ckpt_1.ckpt")
         start, continued = "last", first
     # continued as a requeued job or an extension would be: to the same total step count (2 epochs)
     done = fit(continued, *overrides, f"ckpt_path='{start}'", f"trainer.max_steps={2 * reference['per_epoch']}")
@@ -302,7 +303,7 @@ def test_ckpt_path_last_refuses_a_directory_holding_two_runs(tmp_path):
     for name in ("last.ckpt", "last-v1.ckpt"):
         (tmp_path / "checkpoints" / name).write_bytes(b"")
     with pytest.raises(ConfigError, match=r"more than one run \(last.ckpt, last-v1.ckpt\)"):
-        train._resume_path("last", tmp_path)
+        find_resume_point("last", tmp_path)
 
 
 def test_two_runs_never_share_a_run_directory(tmp_path: Path):
@@ -349,7 +350,7 @@ def _loop(started: int, completed: int, trained: int, ended: bool, step: int) ->
     ],
 )
 def test_the_position_a_checkpoint_continues_from(checkpoint: dict, position: tuple[int, int]):
-    from fairnas.system.resume import align_loop_state, checkpoint_position
+    from fairnas.run.resume import align_loop_state, checkpoint_position
 
     assert checkpoint_position(checkpoint) == position
     assert align_loop_state(checkpoint) == position
@@ -357,7 +358,7 @@ def test_the_position_a_checkpoint_continues_from(checkpoint: dict, position: tu
 
 
 def test_what_trains_nothing():
-    from fairnas.system.resume import nothing_to_train
+    from fairnas.run.resume import nothing_to_train
 
     mid_epoch_1 = _loop(2, 1, 3, False, 7)
     assert nothing_to_train(mid_epoch_1, max_steps=-1, max_epochs=2) is None

@@ -17,18 +17,16 @@ from omegaconf import OmegaConf
 from fairnas.data import DataError, SyntheticDataModule
 from fairnas.data.registry import DATASETS, UnknownDatasetError, datamodule_class
 from fairnas.errors import ConfigError
-from fairnas.run_record import (
+from fairnas.run.checkpoint import CheckpointError, load_checkpoint, load_supernet, read_record
+from fairnas.run.record import (
     SCHEMA_VERSION,
     RunRecord,
     RunRecordError,
-    differences,
     from_train_config,
-    resume_record,
-    retrain_overrides,
     select_overrides,
-    training_overrides,
+    space_and_data_overrides,
 )
-from fairnas.search.checkpoint import CheckpointError, load_checkpoint, load_supernet, read_record
+from fairnas.run.resume import differences, resume_record
 
 
 def record_of(*overrides: str) -> RunRecord:
@@ -38,8 +36,8 @@ def record_of(*overrides: str) -> RunRecord:
     space = instantiate(cfg.search_space)
     datamodule = instantiate(cfg.dataset)
     arch = None if cfg.arch is None else space.format_arch(space.parse_arch(cfg.arch))
-    retrain = training_overrides({"search_space": "fairnas_mini", "dataset": "synthetic"}, list(overrides))
-    return from_train_config(cfg, space=space, datamodule=datamodule, arch=arch, retrain=retrain)
+    retrain = space_and_data_overrides({"search_space": "fairnas_mini", "dataset": "synthetic"}, list(overrides))
+    return from_train_config(cfg, space=space, datamodule=datamodule, arch=arch, retrain_overrides=retrain)
 
 
 @pytest.fixture(scope="module")
@@ -293,10 +291,12 @@ def test_overrides_are_selected_by_key_and_the_retrain_command_derived_in_one_pl
             "search_space.head.dropout=0.1", "optimizer.lr=1"]  # fmt: skip
     assert select_overrides(task, ["dataset."]) == ["dataset.batch_size=8", "+dataset.x=1"]
     assert select_overrides(task, ["seed"]) == ["seed=3"]
-    picked = training_overrides({"search_space": "fairnas_mini", "dataset": "synthetic"}, task)
+    picked = space_and_data_overrides({"search_space": "fairnas_mini", "dataset": "synthetic"}, task)
     assert picked == ["search_space=fairnas_mini", "dataset=synthetic", "dataset.batch_size=8", "+dataset.x=1",
                       "seed=3", "search_space.head.dropout=0.1"]  # fmt: skip
-    swapped = retrain_overrides(picked, "mnist", ["dataset.val_size=10", "strategy=random"])
+    record = dataclasses.replace(record_of(), retrain_overrides=tuple(picked))
+    assert record.retrain_args() == picked
+    swapped = record.retrain_args("mnist", ["dataset.val_size=10", "strategy=random"])
     assert swapped == ["search_space=fairnas_mini", "seed=3", "search_space.head.dropout=0.1", "dataset=mnist",
                        "dataset.val_size=10"]  # fmt: skip
 

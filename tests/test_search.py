@@ -18,8 +18,8 @@ from fairnas.data import SyntheticDataModule
 from fairnas.errors import ConfigError
 from fairnas.models import CostModel, Supernet
 from fairnas.models.bn import bn_layers, recalibrate
+from fairnas.run.checkpoint import CheckpointError, load_supernet
 from fairnas.search import DeviceBatches, ResultCache, SupernetEvaluator, materialise
-from fairnas.search.checkpoint import CheckpointError, load_supernet
 
 
 def trained_supernet(seed=0):

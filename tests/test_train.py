@@ -32,7 +32,8 @@ def validation_accuracies(ckpt: Path, bn_batches: int, val_batches: int, k: int 
     import torch
 
     from fairnas.models import CostModel
-    from fairnas.search import DeviceBatches, SupernetEvaluator, load_supernet
+    from fairnas.run import load_supernet
+    from fairnas.search import DeviceBatches, SupernetEvaluator
 
     supernet, record = load_supernet(ckpt)
     dm = record.data.build()

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 # Overrides that say which repetition a job is, not what it compares.
-SEED_KEYS = ("seed", "dataset.seed", "dataset.split_seed", "sampler.seed", "system.val_seed")
+SEED_KEYS = ("seed", "dataset.seed", "dataset.split_seed", "sampler.seed", "system.val_seed", "system.calibration_seed")
 # Overrides that only say where or how a job ran.
 IGNORED_PREFIXES = ("hydra.", "paths.", "name", "group", "tags", "ckpt_path", "trainer.devices", "trainer.accelerator",
                     "logger", "trainer.enable_progress_bar")  # fmt: skip

@@ -26,9 +26,9 @@ from tqdm import tqdm
 from fairnas.cli import CONFIG_DIR
 from fairnas.errors import ConfigError, exit_on_user_error
 from fairnas.models import CostModel
-from fairnas.run_record import RunRecord, select_overrides
-from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator, load_supernet
-from fairnas.search.checkpoint import file_digest
+from fairnas.run.checkpoint import file_digest, load_supernet
+from fairnas.run.record import RunRecord, select_overrides
+from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator
 from fairnas.search.outputs import best_of, records_csv, with_named, write_outputs
 from fairnas.tracking import finish_loggers, log_file_artifact, redact, run_identity, supernet_run_info
 from fairnas.utils import write_json_atomic
@@ -93,7 +93,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     named = {n: {**evaluator.result(a), "blocks": " ".join(space.describe_arch(a))} for n, a in space.archs.items()}
     records = with_named(searched, named)  # the front and the best pick cover the named models too
 
-    retrain = " ".join(["python train.py", *(shlex.quote(o) for o in _retrain_overrides(cfg, record))])
+    retrain = " ".join(["python train.py", *(shlex.quote(o) for o in _retrain_args(cfg, record))])
     limits = {k: strategy_limit(cfg.strategy, k) for k in ("max_madds", "max_params", "max_latency_ms")}
     objectives = list(cfg.strategy.get("objectives", ["madds"]))
     best = best_of(records, limits)
@@ -124,7 +124,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def _retrain_overrides(cfg: DictConfig, record: RunRecord) -> list[str]:
+def _retrain_args(cfg: DictConfig, record: RunRecord) -> list[str]:
     """The overrides that trained the supernet's data, or those of a dataset chosen for the search."""
     if cfg.get("dataset") is None:
         return record.retrain_args()

@@ -26,24 +26,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from fairnas.callbacks import SaveOnInterrupt
 from fairnas.cli import CONFIG_DIR
 from fairnas.data.base import SplitDataModule, check_seed
 from fairnas.errors import ConfigError, exit_on_user_error
 from fairnas.models import CostModel, SearchSpace, Supernet, build_child
 from fairnas.ranking import RankingMonitor
-from fairnas.run_record import (
-    ALLOW_ON_RESUME,
-    RunRecord,
-    from_train_config,
-    resume_record,
-    to_plain,
-    training_overrides,
-)
-from fairnas.search.checkpoint import load_checkpoint, read_record
+from fairnas.run.checkpoint import SaveOnInterrupt
+from fairnas.run.record import from_train_config, space_and_data_overrides, to_plain
+from fairnas.run.resume import ALLOW_ON_RESUME, check_resume, find_resume_point
 from fairnas.system import resolve_strategy
 from fairnas.system.ddp import cluster_plugins, explicit_checkpoints_only, isolated_distributed_run
-from fairnas.system.resume import nothing_to_train
 from fairnas.tracking import (
     LogRunConfig,
     build_loggers,
@@ -80,12 +72,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.trainer.max_steps = _path_budget(cfg, sampler)
     record = from_train_config(
         cfg, space=space, datamodule=datamodule, arch=None if arch is None else space.format_arch(arch),
-        retrain=_retrain_overrides(),
+        retrain_overrides=_space_and_data_overrides(),
     )  # fmt: skip
-    ckpt_path = _resume_path(cfg.ckpt_path, out_dir)
-    if ckpt_path is not None:
-        record = _check_resumable(ckpt_path, record, cfg.get("resume_allow", ALLOW_ON_RESUME))
-        _check_trains_something(ckpt_path, cfg.trainer)
+    resume = find_resume_point(cfg.ckpt_path, out_dir)  # read once, checked before anything is built
+    if resume is not None:
+        allow = cfg.get("resume_allow", ALLOW_ON_RESUME)
+        record = check_resume(resume, record, allow, cfg.trainer.get("max_steps"), cfg.trainer.get("max_epochs"))
+    ckpt_path = None if resume is None else resume.path
     metadata = record.to_dict()  # what every checkpoint stores under "fairnas"
     if arch is None:
         supernet = Supernet(space, datamodule.num_classes, datamodule.in_channels, seed=cfg.seed)
@@ -206,64 +199,12 @@ def _prepare_monitors(callbacks: list[Any], space: SearchSpace, datamodule: Any,
         monitor.prepare(space, datamodule)
 
 
-def _resume_path(ckpt_path: str | None, out_dir: Path) -> str | None:
-    """``ckpt_path=last``: the checkpoint of this run directory furthest in training (periodic or
-    interrupt ``checkpoints/last.ckpt``, or an ``hpc_ckpt_<n>.ckpt`` that Lightning's own SLURM requeue
-    wrote), or a fresh start if there is none."""
-    if ckpt_path != "last":
-        return ckpt_path
-    others = sorted((out_dir / "checkpoints").glob("last-v*.ckpt"))
-    if others:  # Lightning's name for the last checkpoint of a second run started in the same directory
-        raise ConfigError(
-            f"ckpt_path=last: {out_dir} holds the last checkpoints of more than one run ("
-            f"{', '.join(p.name for p in [out_dir / 'checkpoints' / 'last.ckpt', *others] if p.is_file())}): "
-            "give the one to continue as ckpt_path=<file>"
-        )
-    last = out_dir / "checkpoints" / "last.ckpt"
-    found = [p for p in [last, *out_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-    if not found:
-        log.info("ckpt_path=last: no checkpoint in %s yet, starting from scratch", out_dir)
-        return None
-    # The one furthest in training (not the newest file: a copy or a restore changes file times);
-    # at the same step, last.ckpt (fairnas writes it at a step boundary), then the newest.
-    steps = {p: _saved_step(p) for p in found}
-    newest = max(found, key=lambda p: (steps[p], p == last, p.stat().st_mtime_ns))
-    log.info("ckpt_path=last: resuming from %s (step %d)", newest, steps[newest])
-    return str(newest)
-
-
-def _saved_step(path: Path) -> int:
-    """The global step a checkpoint was saved at (read without loading its tensors)."""
-    try:
-        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step", -1))
-    except Exception as error:
-        raise ConfigError(
-            f"ckpt_path=last: {path} cannot be read ({type(error).__name__}: {error}); move it out of the run "
-            "directory, or give the checkpoint to continue as ckpt_path=<file>"
-        ) from None
-
-
-def _check_trains_something(path: str, trainer: DictConfig) -> None:
-    """Refuses a resume whose trainer limits the checkpoint has already reached."""
-    reason = nothing_to_train(load_checkpoint(path), trainer.get("max_steps"), trainer.get("max_epochs"))
-    if reason is not None:
-        raise ConfigError(
-            f"continuing {path} would train nothing: {reason}. Raise trainer.max_steps or trainer.max_epochs "
-            "to train further (the checkpoint and results of that run are left as they are)"
-        )
-
-
-def _check_resumable(path: str, record: RunRecord, allow: Any) -> RunRecord:
-    """Refuses, before any training, a checkpoint of another space, kind of run or training recipe;
-    returns the record to continue with (the saved provenance, this resume added to its history)."""
-    return resume_record(read_record(load_checkpoint(path), path), record, path, allow)
-
-
-def _retrain_overrides() -> list[str]:
+def _space_and_data_overrides() -> list[str]:
+    """The overrides of this job that rebuild its search space and data (the record's ``retrain_overrides``)."""
     if not HydraConfig.initialized():
         return []
     hc = HydraConfig.get()
-    return training_overrides(hc.runtime.choices, hc.overrides.task)
+    return space_and_data_overrides(hc.runtime.choices, hc.overrides.task)
 
 
 def _choices() -> dict[str, str]:

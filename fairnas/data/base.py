@@ -29,7 +29,6 @@ __all__ = [
     "STREAM_SYNTHETIC",
     "SEED_MAX",
     "SplitDataModule",
-    "data_position",
     "Splits",
     "check_seed",
     "derive_seed",
@@ -120,28 +119,6 @@ def split_indices(n: int, val_size: int | float, seed: int) -> tuple[torch.Tenso
     return perm[n_val:], perm[:n_val]
 
 
-def data_position(
-    epochs_started: int, epochs_completed: int, batches_trained: int, epoch_ended: bool
-) -> tuple[int, int]:
-    """The next batch to train, as ``(epoch, batches of that epoch already trained)``, from a training loop's counters.
-
-    Args:
-        epochs_started: Epochs the loop has started (the one in progress included).
-        epochs_completed: Epochs the loop counts as completed.
-        batches_trained: Batches trained in the latest started epoch.
-        epoch_ended: Whether that epoch's data ran out (its last batch was trained). An epoch cut
-            short by ``max_steps`` did not end: its remaining batches come next.
-
-    Returns:
-        ``(epoch, batches)`` with ``batches`` < the epoch's length; ``(e, 0)`` is the start of epoch ``e``.
-    """
-    if epochs_started == 0:
-        return int(epochs_completed), 0
-    if epoch_ended:
-        return int(epochs_started), 0
-    return int(epochs_started) - 1, int(batches_trained)
-
-
 def _validate_val_size(val_size: int | float) -> None:
     if isinstance(val_size, bool) or not isinstance(val_size, int | float):
         raise DataError(f"val_size must be an int or a float in (0, 1), got {val_size!r}")
@@ -163,7 +140,7 @@ def seed_worker(worker_id: int) -> None:
 
     Workers ignore SIGINT: Ctrl+C in a terminal reaches every process of the group, and a worker
     that quit on it would fail the step the main process finishes before it stops and saves
-    (:class:`~fairnas.callbacks.SaveOnInterrupt`). They end with the main process.
+    (:class:`~fairnas.run.SaveOnInterrupt`). They end with the main process.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     info = get_worker_info()
@@ -278,7 +255,8 @@ class SplitDataModule(pl.LightningDataModule):
         self.split_seed = self.seed if split_seed is None else check_seed(split_seed, "dataset.split_seed")
         self.train_subset = None if train_subset is None else int(train_subset)
         self.num_workers = int(num_workers)
-        self._resume_state: dict[str, int] | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches of each process already trained)
+        self._saved_world_size = 1  # processes that trained them (not recorded before DDP resumed exactly)
         self._splits: Splits | None = None
 
     # ----------------------------------------------------------------- subclass hooks
@@ -335,9 +313,8 @@ class SplitDataModule(pl.LightningDataModule):
                 f"{self.batch_size}; with drop_last=True there would be no batches. Lower batch_size or raise "
                 f"train_subset{' or use fewer devices' if world > 1 else ''}."
             )
-        if self._resume_state is not None:
-            epoch, batches = self._resume_state["epoch"], self._resume_state["batches"]
-            saved_world = int(self._resume_state.get("world_size", 1))  # not recorded before DDP resumed exactly
+        if self._resume_at is not None:
+            (epoch, batches), saved_world = self._resume_at, self._saved_world_size
             if batches and saved_world != world:
                 warnings.warn(
                     f"the checkpoint stopped in epoch {epoch} after {batches} batches a process on {saved_world} "
@@ -350,29 +327,28 @@ class SplitDataModule(pl.LightningDataModule):
             # indices when the iterator is created, before Lightning calls set_epoch.
             sampler.set_epoch(epoch)
             sampler.resume_at(epoch, batches * self.batch_size)
-            self._resume_state = None
+            self._resume_at = None
         return self._loader(dataset, self.batch_size, drop_last=True, sampler=sampler)
 
     # ----------------------------------------------------------------- resume
-    def state_dict(self) -> dict[str, int]:
-        """Where training is in the data: the next batch to train, as ``(epoch, batches of it already trained)``,
-        and the number of processes that trained them.
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Continue training at ``(epoch, batches of it each process already trained)``.
 
-        Lightning stores this in every checkpoint, whichever hook writes it (after a step, at the end
-        of an epoch or of training, at a ``max_steps`` stop); :meth:`load_state_dict` makes a resumed
-        run start there and skip those batches, so it sees exactly the batches an uninterrupted run
-        would (under DDP too: every rank skips its own share, see :class:`EpochShuffleSampler`).
+        The system calls this when Lightning restores a checkpoint, with the position computed from
+        the checkpoint's loop state (:func:`fairnas.run.resume.checkpoint_position`), so a resumed run
+        starts there and skips those batches: it sees exactly the batches an uninterrupted run would
+        (under DDP too: every rank skips its own share, see :class:`EpochShuffleSampler`).
         """
+        self._resume_at = (int(epoch), int(batches))
+
+    def state_dict(self) -> dict[str, int]:
+        """The number of processes sharing the data, which a mid-epoch continuation needs to skip exactly."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return {}
-        fit_loop = trainer.fit_loop
-        epochs, batches = fit_loop.epoch_progress.current, fit_loop.epoch_loop.batch_progress
-        epoch, done = data_position(epochs.started, epochs.completed, batches.current.processed, batches.is_last_batch)
-        return {"epoch": epoch, "batches": done, "world_size": trainer.world_size}  # batches: of each process
+        return {} if trainer is None else {"world_size": trainer.world_size}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self._resume_state = dict(state_dict) if state_dict else None
+        # Checkpoints written before the position came from the loop state also hold "epoch" and "batches".
+        self._saved_world_size = int((state_dict or {}).get("world_size", 1))
 
     def val_dataloader(self) -> DataLoader:
         """Validation loader (held out from training data), in fixed order."""

@@ -144,7 +144,6 @@ class BlockSpec:
 
 
 _REGISTRY: dict[str, type[BlockSpec]] = {}
-_BUILTINS_LOADED = False
 
 
 def register_block(cls: type[BlockSpec]) -> type[BlockSpec]:
@@ -176,10 +175,6 @@ def _qualname(cls: type) -> str:
 
 def registered_kinds() -> dict[str, type[BlockSpec]]:
     """Every registered block kind, by name (the built-in ones first)."""
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        importlib.import_module("fairnas.models.blocks")  # registers ir, skip and id
     return dict(_REGISTRY)
 
 

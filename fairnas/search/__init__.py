@@ -4,7 +4,6 @@ its cache, checkpoints and outputs."""
 from fairnas.arch import Arch
 from fairnas.errors import CheckpointError
 from fairnas.search.cache import ResultCache
-from fairnas.search.checkpoint import load_supernet
 from fairnas.search.evaluator import DeviceBatches, SupernetEvaluator, materialise
 from fairnas.search.pareto import pareto_front
 from fairnas.search.problem import SearchProblem, is_feasible, limits_from, sample_feasible
@@ -32,7 +31,6 @@ __all__ = [
     "SupernetEvaluator",
     "is_feasible",
     "limits_from",
-    "load_supernet",
     "materialise",
     "pareto_front",
     "sample_feasible",

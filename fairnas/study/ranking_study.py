@@ -386,7 +386,7 @@ class RankingStudy:
 
         from fairnas.analysis import block_similarity
         from fairnas.models import Supernet
-        from fairnas.search import load_supernet
+        from fairnas.run import load_supernet
 
         nets: dict[str, Supernet] = {}
         for name in self.supernet_runs:

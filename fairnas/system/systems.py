@@ -28,10 +28,10 @@ from fairnas.data.base import check_seed
 from fairnas.errors import ConfigError
 from fairnas.models import ChildNet, Supernet, layout
 from fairnas.models.path_tree import PathTree
+from fairnas.run.resume import align_loop_state
 from fairnas.samplers import PathSampler
 from fairnas.system.nonfinite import NonFiniteGuard
 from fairnas.system.optim import param_groups, schedule_difference
-from fairnas.system.resume import align_loop_state
 
 log = logging.getLogger("fairnas")
 
@@ -43,7 +43,24 @@ STEP_MODES = ("per_path", "fused")
 
 
 class _ClassifierSystem(pl.LightningModule):
-    """Shared by both systems: optimizer and schedule, one manual update, clipping, metrics."""
+    """Shared by both systems: optimizer and schedule, one manual update, clipping, metrics.
+
+    Its keyword arguments are the settings every system takes (the systems pass them on unchanged):
+
+    Args:
+        optimizer: Partial optimizer (called with parameter groups).
+        scheduler: Partial schedule (called with the optimizer and ``total_steps``).
+        label_smoothing: Label smoothing of the cross-entropy.
+        grad_clip: Max gradient norm (clipped once per optimizer step), or None.
+        nonfinite: What a NaN/inf gradient does: ``stop`` (save ``checkpoints/last_good.ckpt`` and
+            end with an error) or ``skip`` (drop that update, count it, warn).
+        seed: Seeds torch's global generator (dropout) at every step, from (seed, step).
+        memory_format: Layout of weights and input batches: ``channels_last`` (default, 1.5x to
+            2.1x faster steps on CPU, see :mod:`fairnas.models.layout`) or ``contiguous`` (NCHW).
+        weight_decay_bn_bias: Apply weight decay to BN parameters and biases too.
+        metadata: The run record (:meth:`fairnas.run.record.RunRecord.to_dict`), stored in checkpoints under
+            ``"fairnas"``.
+    """
 
     def __init__(
         self,
@@ -111,11 +128,8 @@ class _ClassifierSystem(pl.LightningModule):
         # Before Lightning restores its loops: every kind of checkpoint continues where it really stopped.
         epoch, batches = align_loop_state(checkpoint)
         datamodule = self.trainer.datamodule
-        key = None if datamodule is None else type(datamodule).__qualname__
-        if key in checkpoint and {"epoch", "batches"} <= set(checkpoint[key]):
-            # The same position for the datamodule (restored next); checkpoints written before it was
-            # derived this way hold a wrong one after an epoch's end.
-            checkpoint[key] = {**checkpoint[key], "epoch": epoch, "batches": batches}
+        if hasattr(datamodule, "resume_at"):  # fairnas's datamodules skip the batches already trained
+            datamodule.resume_at(epoch, batches)
         step = int(checkpoint.get("global_step", 0))
         self._resumed = (step, (checkpoint.get("fairnas_schedule") or {}).get("horizon"))
         where = f"epoch {epoch} after batch {batches}" if batches else f"the start of epoch {epoch}"
@@ -222,16 +236,6 @@ class SupernetSystem(_ClassifierSystem):
     Args:
         supernet: The supernet.
         sampler: Which paths each step trains.
-        optimizer: Partial optimizer (called with parameter groups).
-        scheduler: Partial schedule (called with the optimizer and ``total_steps``).
-        label_smoothing: Label smoothing of the cross-entropy.
-        grad_clip: Max gradient norm (clipped once per optimizer step), or None.
-        nonfinite: What a NaN/inf gradient does: ``stop`` (save ``checkpoints/last_good.ckpt`` and
-            end with an error) or ``skip`` (drop that update, count it, warn).
-        seed: Seeds torch's global generator (dropout) at every step, from (seed, step).
-        memory_format: Layout of weights and input batches: ``channels_last`` (default, 1.5x to
-            2.1x faster steps on CPU, see :mod:`fairnas.models.layout`) or ``contiguous`` (NCHW).
-        weight_decay_bn_bias: Apply weight decay to BN parameters and biases too.
         grad_reduction: ``sum`` (default) or ``mean`` of the gradients of a group's paths.
         split_batch: Give each path of a group its own chunk of the batch instead of the whole batch.
         step_mode: ``per_path`` (default): forward + backward one path at a time, so only one path's
@@ -240,15 +244,16 @@ class SupernetSystem(_ClassifierSystem):
             the activation memory, one backward call. Measured no faster on CPU, single-process
             or DDP (benchmarks/README.md).
         val_archs: Number K of fixed architectures whose accuracy validation reports.
-        val_seed: Seed of those architectures (and of the calibration batches).
+        val_seed: Seed of those architectures.
+        calibration_seed: Seed of the calibration batches (None: ``val_seed``, as before the two were
+            separate settings).
         val_bn_batches: Before validating, re-estimate each architecture's BN statistics on this
             many fixed training batches (the datamodule's ``calibration_dataloader``); the
             supernet's own statistics are restored after. 0 evaluates with the supernet's
             running statistics, which mix all paths and misjudge single ones.
         path_check_every: Under DDP, check every this many steps that all ranks drew the same
             paths (0 disables); the system attaches this :class:`~fairnas.callbacks.SamePathsCheck`.
-        metadata: The run record (:meth:`fairnas.run_record.RunRecord.to_dict`), stored in checkpoints under
-            ``"fairnas"``.
+        **settings: The recipe and run settings every system takes (:class:`_ClassifierSystem`).
     """
 
     def __init__(
@@ -256,34 +261,17 @@ class SupernetSystem(_ClassifierSystem):
         supernet: Supernet,
         sampler: PathSampler,
         *,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        label_smoothing: float = 0.0,
-        grad_clip: float | None = None,
-        weight_decay_bn_bias: bool = False,
         grad_reduction: str = "sum",
         split_batch: bool = False,
         step_mode: str = "per_path",
         val_archs: int = 8,
         val_seed: int = 0,
+        calibration_seed: int | None = None,
         val_bn_batches: int = 10,
         path_check_every: int = 1,
-        metadata: dict[str, Any] | None = None,
-        nonfinite: str = "stop",
-        seed: int = 0,
-        memory_format: str = "channels_last",
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            optimizer=optimizer,
-            scheduler=scheduler,
-            label_smoothing=label_smoothing,
-            grad_clip=grad_clip,
-            weight_decay_bn_bias=weight_decay_bn_bias,
-            metadata=metadata,
-            nonfinite=nonfinite,
-            seed=seed,
-            memory_format=memory_format,
-        )
+        super().__init__(**settings)
         if grad_reduction not in ("sum", "mean"):
             raise ConfigError(f"grad_reduction must be 'sum' or 'mean', got {grad_reduction!r}")
         if step_mode not in STEP_MODES:
@@ -296,12 +284,14 @@ class SupernetSystem(_ClassifierSystem):
             )
         # logger=False: train.py sends every logger the whole run config instead (fairnas.tracking).
         self.save_hyperparameters(ignore=["supernet", "sampler", "optimizer", "scheduler", "metadata"], logger=False)
-        self.supernet = layout.to_layout(supernet, memory_format)
+        self.supernet = layout.to_layout(supernet, self.memory_format)
         self.sampler = sampler
         self.grad_reduction = grad_reduction
         self.split_batch = split_batch
         self.path_check_every = path_check_every
         self.val_seed = val_seed
+        self.calibration_seed = check_seed(val_seed if calibration_seed is None else calibration_seed,
+                                           "system.calibration_seed")  # fmt: skip
         self.val_bn_batches = val_bn_batches
         self._val_tree: PathTree | None = None  # the validation paths, recalibrated, during a validation epoch
         self.updates_per_batch = sampler.updates_per_step
@@ -316,6 +306,17 @@ class SupernetSystem(_ClassifierSystem):
         # Cumulative gradient contributions of every (layer, choice): a buffer, so it is
         # checkpointed and restored with the weights.
         self.register_buffer("block_usage", torch.zeros(space.num_layers, space.num_choices, dtype=torch.long))
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or not self.split_batch:
+            return
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        group = max(len(g) for g in self.sampler.sample(self.global_step))
+        if batch_size is not None and batch_size < group:  # checked once, before any step
+            raise ConfigError(
+                f"system.split_batch gives each of the {group} paths of an update its own chunk of the batch, but "
+                f"dataset.batch_size={batch_size}: raise dataset.batch_size to {group} or more, or drop split_batch"
+            )
 
     def forward(self, x: Tensor, arch: Sequence[int]) -> Tensor:
         return self.supernet(x, arch)
@@ -332,8 +333,6 @@ class SupernetSystem(_ClassifierSystem):
                 break  # several updates per batch (ef): stop exactly at max_steps, not after the batch
             optimizer.zero_grad(set_to_none=True)
             self.nonfinite_guard.before_update(self)
-            if self.split_batch and len(x) < len(group):
-                raise ConfigError(f"system.split_batch needs batches of at least {len(group)} samples, got {len(x)}")
             xs = x.tensor_split(len(group)) if self.split_batch else [x] * len(group)
             ys = y.tensor_split(len(group)) if self.split_batch else [y] * len(group)
             scale = 1.0 / len(group) if self.grad_reduction == "mean" else 1.0
@@ -398,7 +397,7 @@ class SupernetSystem(_ClassifierSystem):
         """Training batches for BN recalibration: the datamodule's fixed calibration subset if it has one."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "calibration_dataloader"):
-            return datamodule.calibration_dataloader(self.val_bn_batches, seed=self.val_seed)
+            return datamodule.calibration_dataloader(self.val_bn_batches, seed=self.calibration_seed)
         # Not the trainer's training loader: iterating it here would consume its shuffle RNG.
         return None
 
@@ -460,37 +459,13 @@ class StandaloneSystem(_ClassifierSystem):
 
     Args:
         net: The stand-alone network (see :func:`fairnas.models.build_child`).
-        optimizer, scheduler, label_smoothing, grad_clip, weight_decay_bn_bias, metadata, nonfinite,
-            seed, memory_format: as in :class:`SupernetSystem`.
+        **settings: The recipe and run settings every system takes (:class:`_ClassifierSystem`).
     """
 
-    def __init__(
-        self,
-        net: ChildNet,
-        *,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        label_smoothing: float = 0.0,
-        grad_clip: float | None = None,
-        weight_decay_bn_bias: bool = False,
-        metadata: dict[str, Any] | None = None,
-        nonfinite: str = "stop",
-        seed: int = 0,
-        memory_format: str = "channels_last",
-    ) -> None:
-        super().__init__(
-            optimizer=optimizer,
-            scheduler=scheduler,
-            label_smoothing=label_smoothing,
-            grad_clip=grad_clip,
-            weight_decay_bn_bias=weight_decay_bn_bias,
-            metadata=metadata,
-            nonfinite=nonfinite,
-            seed=seed,
-            memory_format=memory_format,
-        )
+    def __init__(self, net: ChildNet, **settings: Any) -> None:
+        super().__init__(**settings)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "metadata"], logger=False)
-        self.net = layout.to_layout(net, memory_format)
+        self.net = layout.to_layout(net, self.memory_format)
         num_classes = net.head.classifier.out_features
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")

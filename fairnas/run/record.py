@@ -33,7 +33,6 @@ from fairnas.errors import ConfigError, RunRecordError
 from fairnas.models.space import ArchitectureError, SearchSpace, SearchSpaceError
 
 __all__ = [
-    "ALLOW_ON_RESUME",
     "NOT_COMPARED",
     "SCHEMA_VERSION",
     "Change",
@@ -43,9 +42,8 @@ __all__ = [
     "Recipe",
     "RunRecord",
     "RunRecordError",
-    "differences",
-    "resume_record",
-    "retrain_overrides",
+    "now_utc",
+    "space_and_data_overrides",
     "select_overrides",
 ]
 
@@ -62,6 +60,7 @@ NOT_COMPARED = frozenset(
         "dataset.eval_batch_size",
         "system.val_archs",
         "system.val_seed",
+        "system.calibration_seed",
         "system.val_bn_batches",
         "system.path_check_every",
         "system.memory_format",
@@ -69,11 +68,6 @@ NOT_COMPARED = frozenset(
         "system.nonfinite",
     }
 )
-# Differences a resume may never be allowed: the weights' shape (search space, arch), and the
-# optimizer and scheduler, whose saved state a resume restores over any new setting.
-NEVER_ALLOWED = ("search_space", "arch", "optimizer", "scheduler")
-# The default of train.py's resume_allow: extending (or shortening) the budget is what resuming is for.
-ALLOW_ON_RESUME = ("trainer.max_steps", "trainer.max_epochs", "max_paths")
 
 
 # ---------------------------------------------------------------------------------- the schema
@@ -232,8 +226,11 @@ class RunRecord:
         With ``dataset`` (a ``conf/dataset`` name chosen for the search), that dataset and the
         ``dataset.*`` overrides among ``task_overrides`` replace the training data's.
         """
-        space = str(self.search_space.get("name", ""))
-        return retrain_overrides(list(self.retrain_overrides) or [f"search_space={space}"], dataset, task_overrides)
+        saved = list(self.retrain_overrides) or [f"search_space={self.search_space.get('name', '')}"]
+        if dataset is None:
+            return saved
+        kept = [o for o in saved if not select_overrides([o], ("dataset", "dataset."))]
+        return [*kept, f"dataset={dataset}", *select_overrides(task_overrides, ("dataset.",))]
 
     def flat(self) -> dict[str, Any]:
         """The compared settings as ``config.key -> value`` (the names a user overrides)."""
@@ -268,7 +265,7 @@ def from_train_config(
     space: SearchSpace,
     datamodule: Any,
     arch: str | None,
-    retrain: Sequence[str],
+    retrain_overrides: Sequence[str],
     root: str | Path | None = None,
 ) -> RunRecord:
     """The record of a ``train.py`` run from its (resolved) config and the objects built from it.
@@ -308,8 +305,8 @@ def from_train_config(
         arch=arch,
         sampler=component("sampler", cfg.sampler) if arch is None else None,
         recipe=recipe,
-        retrain_overrides=tuple(retrain),
-        provenance=Provenance(created=_now(), git_commit=git_commit(root)),
+        retrain_overrides=tuple(retrain_overrides),
+        provenance=Provenance(created=now_utc(), git_commit=git_commit(root)),
     )
 
 
@@ -348,98 +345,9 @@ def git_commit(root: str | Path | None = None) -> str | None:
     return f"{sha}-dirty" if dirty else sha or None
 
 
-def _now() -> str:
+def now_utc() -> str:
+    """The current UTC time, as records write it."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------------- resuming
-def differences(saved: RunRecord, now: RunRecord) -> list[tuple[str, Any, Any]]:
-    """``(key, saved, now)`` for each compared setting that differs (a missing one is ``'(unset)'``).
-
-    A schema-0 record lacks the sampler and recipe: only the settings it holds are compared.
-    """
-    a, b = saved.flat(), now.flat()
-    keys = [k for k in a if k in b] if saved.recipe is None else list(dict.fromkeys([*a, *b]))
-    return [(k, a.get(k, "(unset)"), b.get(k, "(unset)")) for k in keys if a.get(k, _MISSING) != b.get(k, _MISSING)]
-
-
-_MISSING = object()
-
-
-def _allowed(key: str, allow: Sequence[str]) -> bool:
-    return any(key == a or key.startswith(f"{a}.") for a in allow)
-
-
-def resume_record(
-    saved: RunRecord, now: RunRecord, checkpoint: str, allow: Sequence[str] | str = ALLOW_ON_RESUME
-) -> RunRecord:
-    """The record to continue with when ``now``'s run resumes from a checkpoint holding ``saved``.
-
-    Refuses, before any training, a checkpoint of another space or kind of run, and any
-    difference in a compared setting that ``allow`` does not name (a key or a key prefix,
-    e.g. ``trainer.max_steps``, ``sampler``); the optimizer and scheduler can never be allowed
-    (the checkpoint's optimizer state would silently override them). The returned record is
-    ``now`` with the saved provenance and, appended to its history, this resume and the
-    allowed changes.
-
-    Raises:
-        ConfigError: the runs differ, with every difference as ``key: saved -> now``.
-    """
-    allow = [allow] if isinstance(allow, str) else [str(a) for a in allow or ()]
-    if saved.search_space != now.search_space:
-        name = saved.search_space.get("name")
-        raise ConfigError(
-            f"{checkpoint} was trained with search space {name!r} (or other settings of it), not "
-            f"{now.search_space.get('name')!r} as configured: resume with the same search_space and overrides"
-        )
-    if saved.arch != now.arch:
-        raise ConfigError(
-            f"{checkpoint} is from a run with arch={saved.arch}, this one has arch={now.arch}: "
-            "resume with the same arch (or none, for a supernet)"
-        )
-    diffs = differences(saved, now)
-    refused = [d for d in diffs if not _allowed(d[0], allow) or _allowed(d[0], NEVER_ALLOWED)]
-    if refused:
-        lines = "\n".join(f"  {key}: {_show(old)} -> {_show(new)}" for key, old, new in refused)
-        allowable = [k for k, _, _ in refused if not _allowed(k, NEVER_ALLOWED)]
-        allowable = [
-            k for k in allowable if not _allowed(k, [a for a in allowable if a != k])
-        ]  # sampler covers sampler.*
-        hint = ""
-        if allowable:
-            keep = [a for a in allow if not _allowed(a, NEVER_ALLOWED)]
-            hint = f" To continue with a change on purpose, allow it: resume_allow=[{','.join([*keep, *allowable])}]."
-        if len(allowable) < len(refused):
-            hint += (
-                " The optimizer and scheduler cannot change on resume (the checkpoint's optimizer state would "
-                "override them): start a new run for those."
-            )
-        raise ConfigError(
-            f"cannot resume from {checkpoint}: this run's training settings differ from the checkpoint's "
-            f"(saved -> now):\n{lines}\nResume with the checkpoint's settings, or start a new run in another "
-            f"hydra.run.dir.{hint}"
-        )
-    note = "" if saved.schema_version else (
-        "upgraded from a schema-0 checkpoint: its sampler and recipe were not recorded, so they were not checked"
-    )  # fmt: skip
-    change = Change(
-        time=_now(),
-        git_commit=now.provenance.git_commit,
-        checkpoint=str(checkpoint),
-        changes={k: [old, new] for k, old, new in diffs},
-        note=note,
-    )
-    provenance = dataclasses.replace(
-        saved.provenance,
-        created=saved.provenance.created or now.provenance.created,
-        history=(*saved.provenance.history, change),
-    )
-    return dataclasses.replace(now, provenance=provenance)
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) and value != "(unset)" else str(value)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 # ---------------------------------------------------------------------------------- overrides
@@ -459,20 +367,9 @@ def select_overrides(overrides: Sequence[str], keys: Sequence[str]) -> list[str]
     return picked
 
 
-def retrain_overrides(
-    saved: Sequence[str], dataset: str | None = None, task_overrides: Sequence[str] = ()
-) -> list[str]:
-    """The one place the retrain command is derived: the saved overrides of the training data and
-    space, or, with ``dataset``, those of the space plus ``dataset=<dataset>`` and the
-    ``dataset.*`` overrides among ``task_overrides``."""
-    if dataset is None:
-        return list(saved)
-    kept = [o for o in saved if not select_overrides([o], ("dataset", "dataset."))]
-    return [*kept, f"dataset={dataset}", *select_overrides(task_overrides, ("dataset.",))]
-
-
-def training_overrides(choices: Mapping[str, Any], task_overrides: Sequence[str]) -> list[str]:
-    """``train.py``'s retrain overrides: its search space and dataset, and their settings and seed."""
+def space_and_data_overrides(choices: Mapping[str, Any], task_overrides: Sequence[str]) -> list[str]:
+    """What a record's ``retrain_overrides`` holds: ``train.py``'s search space and dataset, and their
+    settings and seed (the overrides that rebuild the run's space and data)."""
     picked = [f"{group}={choices[group]}" for group in ("search_space", "dataset")]
     return picked + select_overrides(task_overrides, ("dataset.", "search_space.", "seed"))
 
