@@ -210,31 +210,6 @@ def test_multirun_sweep_over_samplers_writes_one_run_dir_each(tmp_path):
     assert sum(usage(by_sampler["UniformSampler"])) == 6 * 8  # 6 optimizer steps of one path each
 
 
-def test_multirun_with_ddp_runs_each_job_on_two_processes_in_its_own_dir(tmp_path):
-    # The Hydra + DDP trap: Lightning restarts sys.argv for rank 1, which inside -m would rerun the
-    # whole sweep in another directory; and the next job would find the last one's LOCAL_RANK.
-    outputs = {p.name for p in (ROOT / "outputs").glob("*")} if (ROOT / "outputs").exists() else set()
-    proc = run_entry(
-        "train.py", "-m", "sampler=sf,ef", "trainer.accelerator=cpu", "trainer.devices=2", "dataset=synthetic",
-        "search_space.input_size=8", "dataset.batch_size=32", "trainer.max_steps=3", "trainer.limit_val_batches=1",
-        "system.val_archs=2", "system.val_bn_batches=1", "logger=wandb", f"hydra.sweep.dir={tmp_path}", timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    # One W&B run per job, from rank 0 only (rank 1 re-runs the job's command in the same folder).
-    assert [len(list((r / "wandb").glob("offline-run-*"))) for r in runs] == [1, 1]
-    assert [r.name.split("_")[0] for r in runs] == ["0", "1"]  # the two jobs, nothing else
-    assert {results(r)["sampler"] for r in runs} == {"StrictFairSampler", "UniformSampler"}
-    for run in runs:
-        assert results(run)["world_size"] == 2 and results(run)["global_step"] == 3
-        assert (run / "train_ddp_rank1.log").is_file()  # rank 1 ran this job, here
-        if results(run)["sampler"] == "StrictFairSampler":  # strict fairness holds under DDP too
-            assert results(run)["fairness_spread"] == 0 and set(usage(run)) == {3}
-        assert (run / "checkpoints" / "last.ckpt").is_file()
-    after = {p.name for p in (ROOT / "outputs").glob("*")} if (ROOT / "outputs").exists() else set()
-    assert after == outputs  # no rank wrote a run directory of its own
-
-
 def test_resume_from_checkpoint_continues_the_run(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     common = [
