@@ -331,6 +331,24 @@ class SigtermAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class WaitForSigtermAt(pl.Callback):
+    """Test callback: after training step ``step``, writes ``<run dir>/at_step_<step>`` and waits (at most
+    ``timeout`` s) until the process has received a SIGTERM from outside, so that the signal lands in the
+    middle of training however late the test sends it. Changes nothing trained."""
+
+    def __init__(self, step: int, timeout: float = 60.0) -> None:
+        self.step = step
+        self.timeout = timeout
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step != self.step:
+            return
+        (Path(trainer.default_root_dir) / f"at_step_{self.step}").touch()
+        deadline = time.monotonic() + self.timeout
+        while not trainer._signal_connector.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
 class SigintAt(pl.Callback):
     """Test callback: Ctrl+C in the middle of training step ``step`` (its gradients computed, the
     optimizer not yet stepped): the process sends itself SIGINT, as the terminal would."""

@@ -286,4 +286,4 @@ def test_train_py_on_two_processes_trains_what_one_plain_loop_over_the_same_shar
         # Float sums in another order (DDP's all-reduce, channels_last convolutions) move these weights by
         # about 1e-11 after the clipped, BN-normalised updates (the reference's own rank order reversed: 4e-12);
         # a wrong batch, rate or clip moves them by more than 1e-4.
-        torch.testing.assert_close(got, param.detach(), rtol=0, atol=1e-9, msg=lambda m: f"{sampler}: {name}: {m}")
+        torch.testing.assert_close(got, param.detach(), rtol=0, atol=1e-9, msg=f"{sampler}: {name} differs")
