@@ -87,7 +87,11 @@ def _checkpoint_variants(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     truncated.write_bytes(truncated.read_bytes()[:60])
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}, "epoch": 3}, foreign)
-    return {"truncated": (truncated, "truncated, corrupt"), "foreign": (foreign, "not a fairnas checkpoint")}
+    return {
+        "truncated": (truncated, f"CheckpointError: cannot read checkpoint {truncated} safely ("),
+        "foreign": (foreign, f"CheckpointError: {foreign} is not a fairnas checkpoint (no 'fairnas' metadata): "
+                             "train it with train.py"),
+    }  # fmt: skip
 
 
 class _Evil:
@@ -115,15 +119,18 @@ def test_a_malicious_checkpoint_never_runs_code(tmp_path, script):
     with open(evil, "wb") as f:
         pickle.dump({"state_dict": _Evil(marker), "fairnas": {}}, f)
     proc = run_entry(script, *ARGS[script], f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert_clean_failure(proc, "CheckpointError")
+    assert_clean_failure(proc, f"CheckpointError: cannot read checkpoint {evil} safely (")
+    assert "checkpoints that need code to load are refused" in proc.stderr
     assert not marker.exists()
 
 
 def test_search_without_a_checkpoint_says_what_to_pass(tmp_path):
     proc = run_entry("search.py", f"hydra.run.dir={tmp_path}")
-    assert_clean_failure(proc, "ckpt_path")
+    assert_clean_failure(proc, "ConfigError: search.py scores architectures with a trained supernet: give its "
+                               "checkpoint, ckpt_path=<train.py run dir>/checkpoints/last.ckpt")  # fmt: skip
     proc = run_entry("search.py", f"ckpt_path={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}")
-    assert_clean_failure(proc, "does not exist")
+    assert_clean_failure(proc, f"CheckpointError: checkpoint {tmp_path}/missing.ckpt does not exist: give "
+                               "ckpt_path=<run dir>/checkpoints/last.ckpt")  # fmt: skip
 
 
 @pytest.mark.parametrize("seed", ["-1"])  # the other values: test_check_seed, in-process

@@ -29,7 +29,7 @@ from conftest import (
 )
 
 from fairnas.cli import train
-from fairnas.errors import ConfigError
+from fairnas.errors import CheckpointError, ConfigError
 from fairnas.run.resume import find_resume_point
 
 EVERY_STEP = ["callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.save_top_k=-1"]
@@ -304,6 +304,21 @@ def test_ckpt_path_last_refuses_a_directory_holding_two_runs(tmp_path):
         (tmp_path / "checkpoints" / name).write_bytes(b"")
     with pytest.raises(ConfigError, match=r"more than one run \(last.ckpt, last-v1.ckpt\)"):
         find_resume_point("last", tmp_path)
+
+
+def test_ckpt_path_last_names_an_unreadable_candidate_and_what_to_do(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    bad = tmp_path / "hpc_ckpt_3.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError) as error:
+        find_resume_point("last", tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"ckpt_path=last: cannot read checkpoint {bad} safely (")
+    assert message.endswith("Move it out of the run directory, or give the checkpoint to continue as ckpt_path=<file>")
+    assert bad.read_bytes() == b"not a checkpoint"  # left as it was
+    assert find_resume_point(None, tmp_path) is None
+    with pytest.raises(CheckpointError, match=rf"checkpoint {tmp_path}/nope.ckpt does not exist: give ckpt_path="):
+        find_resume_point(str(tmp_path / "nope.ckpt"), tmp_path)
 
 
 def test_two_runs_never_share_a_run_directory(tmp_path: Path):

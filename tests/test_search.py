@@ -133,16 +133,18 @@ def test_cache_keeps_a_complete_record_whose_newline_was_lost(tmp_path):
 
 
 def test_checkpoint_errors_are_clear_and_code_never_runs(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_supernet(tmp_path / "missing.ckpt")
+    missing = tmp_path / "missing.ckpt"
+    with pytest.raises(CheckpointError) as error:
+        load_supernet(missing)
+    assert str(error.value) == f"checkpoint {missing} does not exist: give ckpt_path=<run dir>/checkpoints/last.ckpt"
     truncated = tmp_path / "truncated.ckpt"
     torch.save({"state_dict": {}, "fairnas": {}}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:40])
-    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+    with pytest.raises(CheckpointError, match=r"truncated, corrupt, or not a checkpoint written by fairnas train\.py"):
         load_supernet(truncated)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(CheckpointError, match="not a fairnas checkpoint"):
+    with pytest.raises(CheckpointError, match=r"is not a fairnas checkpoint \(no 'fairnas' metadata\): train it with"):
         load_supernet(foreign)
 
     marker = tmp_path / "pwned"

@@ -39,6 +39,11 @@ log = logging.getLogger("fairnas")
 def search(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError(
+            "search.py scores architectures with a trained supernet: give its checkpoint, "
+            "ckpt_path=<train.py run dir>/checkpoints/last.ckpt"
+        )
     device = _device(cfg.device)
     supernet, record = load_supernet(cfg.ckpt_path)
     supernet.to(device)
