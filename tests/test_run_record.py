@@ -323,3 +323,13 @@ def test_a_path_budget_is_recorded_and_seen_by_resume_and_refusal(tmp_path):
     record = read_record(load_checkpoint(last), last)
     assert (record.recipe.max_paths, record.recipe.max_steps) == (48, 8)
     assert record.provenance.history[-1].changes == {"trainer.max_steps": [4, 8], "max_paths": [24, 48]}
+
+
+def test_the_calibration_seed_is_recorded_and_a_record_without_it_still_resumes():
+    record = record_of()
+    assert record.recipe.system["calibration_seed"] == 0 and record.recipe.system["val_seed"] == 0
+    assert differences(record, record_of("system.calibration_seed=3")) == []  # validation only: not compared
+    system = {k: v for k, v in record.recipe.system.items() if k != "calibration_seed"}
+    older = RunRecord.from_dict({**record.to_dict(), "recipe": {**record.to_dict()["recipe"], "system": system}})
+    assert older.recipe.system.get("calibration_seed") is None
+    assert resume_record(older, record, "last.ckpt").provenance.history[-1].changes == {}

@@ -230,6 +230,27 @@ def test_val_archs_are_fixed_by_their_seed():
     assert np.array(a.eval_archs).max() < tiny_space().num_choices
 
 
+def test_the_calibration_images_have_a_seed_of_their_own():
+    """val_seed picks the validation architectures, calibration_seed the images that re-estimate their BN
+    statistics; without calibration_seed (a checkpoint's system settings from before it) val_seed picks both."""
+    picked = []
+
+    class Recorder(SyntheticDataModule):
+        def calibration_dataloader(self, num_batches, seed, batch_size=None):
+            picked.append(seed)
+            return super().calibration_dataloader(num_batches, seed, batch_size)
+
+    for kw in ({"val_seed": 1, "calibration_seed": 5}, {"val_seed": 1, "calibration_seed": 0}, {"val_seed": 3}):
+        system = make(val_bn_batches=1, **kw)
+        dm = Recorder(8, 3, 4, num_train=32, num_val=8, batch_size=8)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                             precision="64-true")  # fmt: skip
+        trainer.validate(system, datamodule=dm, verbose=False)
+    assert picked == [5, 0, 3]
+    assert make(val_seed=1, calibration_seed=5).eval_archs == make(val_seed=1, calibration_seed=0).eval_archs
+
+
 def test_a_nonfinite_update_is_skipped_and_counted_under_the_skip_policy():
     system = make(lr=0.1, nonfinite="skip")
     x, y = data(16).tensors
