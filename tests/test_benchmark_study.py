@@ -13,7 +13,7 @@ from conftest import load_space, run_entry
 from fairnas.analysis.ranking import kendall_tau
 from fairnas.errors import ConfigError
 from fairnas.nas_bench import canonical_key, key_to_arch, load_macro
-from fairnas.study import BenchmarkRankingStudy
+from fairnas.study import BenchmarkGroundTruth, BenchmarkRankingStudy, RankingStudy, TrainedGroundTruth
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,23 @@ def test_a_study_of_the_wrong_space_or_with_non_canonical_keys_is_refused(tmp_pa
         study(tmp_path, space).sample()
 
 
+def test_the_benchmark_study_is_a_ranking_study_given_the_benchmark_as_its_source(tmp_path: Path, space) -> None:
+    preset = study(tmp_path / "preset", space, sample_size=12, sample_seed=2, supernet_seeds=[0, 1])
+    source = BenchmarkGroundTruth(sample_size=12, sample_seed=2)
+    given = RankingStudy(str(tmp_path / "given"), space, "nas_bench_macro", source=source, supernet_seeds=[0, 1],
+                         tuning_fraction=0.2, bootstrap=50)  # fmt: skip
+    assert given.sample() == preset.sample() and given.seeds == [0, 1, 2]
+    assert given.ground_truth_table().rows == preset.ground_truth_table().rows
+    assert given._design() == preset._design() and given.supernet_runs == preset.supernet_runs
+    # Stand-alone settings belong to a trained ground truth: refused beside another source, or beside their own.
+    with pytest.raises(ConfigError, match=r"study.seeds, study.probe do not apply to a benchmark study"):
+        RankingStudy(str(tmp_path), space, "nas_bench_macro", source=source, seeds=[0, 1], probe=4)
+    with pytest.raises(ConfigError, match=r"study.seeds: the study was given its ground truth \(TrainedGroundTruth\)"):
+        RankingStudy(str(tmp_path), space, "nas_bench_macro", source=TrainedGroundTruth(), seeds=[0, 1])
+    with pytest.raises(ConfigError, match="needs search_space=nas_bench_macro"):
+        RankingStudy(str(tmp_path), load_space("fairnas_mini"), "fairnas_mini", source=source)
+
+
 def test_the_tuning_split_is_declared_once(tmp_path: Path, space) -> None:
     s = study(tmp_path, space, sample_size=20, tuning_fraction=0.2)
     s.dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +145,7 @@ def test_the_study_presets_compose_on_the_benchmark_space(preset: str, size) -> 
         missing = compose("study", overrides=overrides)
     space = instantiate(cfg.search_space)
     s = instantiate(cfg.study, _partial_=True)(space=space)
-    assert space.name == "nas_bench_macro" and s.sample_size == size
+    assert space.name == "nas_bench_macro" and s.source.sample_size == size
     assert list(s.supernet_runs) == ["sf_seed0", "sf_seed1", "ef_seed0", "ef_seed1"]
     assert "dataset=cifar10_folder" in s.train_overrides and s.train_overrides[-1] == "dataset.root=/data/cifar10-jpeg"
     with pytest.raises(MissingMandatoryValue):

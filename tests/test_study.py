@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import concurrent.futures.thread
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ROOT, load_space, run_entry
+from conftest import ROOT, _run_as_main, load_space, run_entry
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from scipy import stats
 
 from fairnas.analysis.ceiling import halving_taus, predicted_ceiling
 from fairnas.errors import ConfigError
-from fairnas.study import Job, JobFailed, RankingStudy, run_jobs
+from fairnas.study import Job, JobFailed, RankingStudy, run_jobs, runner
 
 # A stand-in for train.py: writes results.json into hydra.run.dir, or fails when asked to.
 FAKE_TRAIN = """
@@ -179,7 +185,7 @@ def test_the_supernets_stage_refuses_to_train_below_the_ceiling_gate(tmp_path: P
                          min_ceiling=0.7)  # fmt: skip
     _fake_ground_truth(clean, truth + rng.normal(scale=1e-4, size=(12, 2)))
     launched = []
-    monkeypatch.setattr(clean, "_jobs", lambda jobs: launched.extend(jobs) or {"ran": len(jobs), "skipped": 0})
+    monkeypatch.setattr(clean, "launch", lambda jobs: launched.extend(jobs) or {"ran": len(jobs), "skipped": 0})
     clean.supernets()
     assert [job.run_dir.name for job in launched] == ["sf"]
     with pytest.raises(ConfigError, match="min_ceiling is a Kendall tau"):
@@ -198,10 +204,41 @@ def test_the_sample_is_written_once_and_then_read_back(tmp_path: Path):
         RankingStudy(str(tmp_path), space, "fairnas_mini").run(["train"])
 
 
-@pytest.mark.slow  # 2.8 min in the suite (make test-slow); test_benchmark_study runs the same runner end to end
-def test_the_miniature_study_runs_end_to_end_and_resumes(tmp_path: Path):
+def _forked_call(argv: list[str], *, cwd: Path, env: dict[str, str], stdout, stderr) -> int:
+    """The runner's ``subprocess.call``, with ``python <script> args...`` run in a fork of this process.
+
+    The job is the same ``train.py`` / ``search.py`` run with the same arguments, environment and
+    working directory, its output in its ``console.log``; only the 6-7 s a new interpreter spends
+    importing torch, Lightning and Hydra is saved (as conftest's ``run_entry`` saves them). New
+    interpreters are what test_benchmark_study's end-to-end study and the launcher test above start.
+    """
+    assert stderr is subprocess.STDOUT, "the runner sends a job's stderr to its console.log"
+    _python, script, *args = argv
+    for stream in (stdout, sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:  # the job: never returns
+        code = 1
+        try:
+            # Forked from the study's runner: not in its Hydra run, nor waiting at exit for its worker threads.
+            GlobalHydra.instance().clear()
+            concurrent.futures.thread._threads_queues.clear()  # type: ignore[attr-defined]
+            console = stdout.fileno()
+            code = _run_as_main(Path(script), args, cwd=Path(cwd), env=env, out=console, err=console, foreground=False)
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_the_miniature_study_runs_end_to_end_and_resumes(tmp_path: Path, monkeypatch):
+    if hasattr(os, "fork"):  # the study process is a fork of this one (run_entry): it starts its jobs so too
+        monkeypatch.setattr(runner, "subprocess", SimpleNamespace(call=_forked_call, STDOUT=subprocess.STDOUT))
     out = tmp_path / "study"
-    common = ["study=ranking_tiny", f"study.out_dir={out}", "parallel=2", "threads_per_job=1"]
+    # The preset on 8x8 images instead of 28x28, in the study's space and in every run it starts.
+    small = "search_space.input_size=8"
+    train = [*OmegaConf.load(ROOT / "conf" / "study" / "ranking_tiny.yaml").train_overrides, small]
+    runs = f"study.train_overrides=[{','.join(map(repr, train))}]"
+    common = ["study=ranking_tiny", f"study.out_dir={out}", small, runs, "parallel=2", "threads_per_job=1"]
     done = run_entry("study.py", *common, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     report = out / "report"
@@ -303,8 +340,8 @@ def test_a_probe_trains_and_scores_a_spread_subset_first(tmp_path: Path):
     space = load_space("fairnas_mini")
     full = RankingStudy(str(tmp_path), space, "fairnas_mini", sample_size=12, bootstrap=50)
     probe = RankingStudy(str(tmp_path), space, "fairnas_mini", sample_size=12, bootstrap=50, probe=4)
-    subset = probe._ground_truth_order()
-    assert subset == full._ground_truth_order()[:4]  # the probe's runs count toward the full ground truth
+    subset = probe.source.order(probe)
+    assert subset == full.source.order(full)[:4]  # the probe's runs count toward the full ground truth
     for arch in subset:
         for seed in probe.seeds:
             run = probe.standalone_dir(arch, seed)
