@@ -19,6 +19,10 @@ when a check fails. The checks:
   * lightning: ``train.py dataset=synthetic trainer.devices=1`` end to end on the device.
   * search: seconds per architecture of the search evaluation, the per-path reference against
     the shared pass over a group of architectures, and whether their numbers are identical.
+  * search spread: ``search.py`` on the lightning check's supernet on every device of the machine
+    (``devices=<GPUs>``; the dry run: 2 CPU processes) against one process: wall times, and whether
+    ``evaluated.csv``, ``pareto.csv`` and ``best.yaml`` are the same bytes (gated on the CPU; on GPUs
+    information only, as cuDNN may pick other kernels in another process).
 """
 
 from __future__ import annotations
@@ -193,31 +197,30 @@ def check_memory(space: SearchSpace, batch: int, device: torch.device, gate: boo
     return [("memory", setting, value, target, ratio <= MEMORY_TARGET if gate else None)]
 
 
-def check_lightning(device: torch.device, dry_run: bool) -> list[tuple]:
-    """train.py with trainer.devices=1 on synthetic data, end to end, as a user runs it."""
+def check_lightning(device: torch.device, dry_run: bool, tmp: str) -> list[tuple]:
+    """train.py with trainer.devices=1 on synthetic data, end to end, as a user runs it (its run in ``tmp``)."""
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     steps = 2 if dry_run else 40
-    with tempfile.TemporaryDirectory() as tmp:
-        overrides = [
-            "dataset=synthetic", "dataset.batch_size=64", f"trainer.max_steps={steps}",
-            "trainer.limit_val_batches=1", f"trainer.accelerator={accelerator}", "trainer.devices=1", "logger=none",
-            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp}",
-        ]  # fmt: skip
-        if dry_run:
-            overrides += ["system.val_archs=1", "system.val_bn_batches=1"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
-        wall = time.perf_counter() - start
-        results = Path(tmp) / "results.json"
-        ok = proc.returncode == 0 and results.exists() and (Path(tmp) / "checkpoints" / "last.ckpt").exists()
-        detail = f"exit {proc.returncode}, {wall:.0f} s"
-        if ok:
-            acc = json.loads(results.read_text()).get("val/acc_mean")
-            detail += f", val/acc_mean {acc:.3f}" if isinstance(acc, float) else ""
-        else:
-            print(proc.stderr[-3000:], file=sys.stderr)
+    overrides = [
+        "dataset=synthetic", "dataset.batch_size=64", f"trainer.max_steps={steps}",
+        "trainer.limit_val_batches=1", f"trainer.accelerator={accelerator}", "trainer.devices=1", "logger=none",
+        "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp}",
+    ]  # fmt: skip
+    if dry_run:
+        overrides += ["system.val_archs=1", "system.val_bn_batches=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    wall = time.perf_counter() - start
+    results = Path(tmp) / "results.json"
+    ok = proc.returncode == 0 and results.exists() and (Path(tmp) / "checkpoints" / "last.ckpt").exists()
+    detail = f"exit {proc.returncode}, {wall:.0f} s"
+    if ok:
+        acc = json.loads(results.read_text()).get("val/acc_mean")
+        detail += f", val/acc_mean {acc:.3f}" if isinstance(acc, float) else ""
+    else:
+        print(proc.stderr[-3000:], file=sys.stderr)
     return [("lightning", f"train.py trainer.accelerator={accelerator} trainer.devices=1, {steps} steps", detail,
              "exit 0, checkpoint written", ok)]  # fmt: skip
 
@@ -248,6 +251,35 @@ def check_search(space: SearchSpace, device: torch.device, group: int, dry_run: 
              f"identical: {'yes' if same else 'no'}", "identical", same)]  # fmt: skip
 
 
+def check_search_spread(device: torch.device, dry_run: bool, supernet_dir: str) -> list[tuple]:
+    """search.py on every device (dry run: 2 CPU processes) against one process, as a user runs it."""
+    ckpt = Path(supernet_dir) / "checkpoints" / "last.ckpt"
+    processes = 2 if dry_run or device.type != "cuda" else max(torch.cuda.device_count(), 1)
+    name = "cuda" if device.type == "cuda" else "cpu"
+    search = ["strategy=random", f"strategy.num_samples={8 if dry_run else 400}", f"device={name}", "logger=none"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    walls, ok = {}, True
+    with tempfile.TemporaryDirectory() as tmp:
+        for layout, extra in (("one", []), ("spread", [f"devices={processes}"] if processes > 1 else [])):
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, str(ROOT / "search.py"), f"ckpt_path={ckpt}", *search, *extra,
+                                   f"hydra.run.dir={tmp}/{layout}"], cwd=ROOT, env=env, capture_output=True,
+                                  text=True, timeout=600)  # fmt: skip
+            walls[layout] = time.perf_counter() - start
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                ok = False
+        same = ok and all(
+            (Path(tmp) / "one" / n).read_bytes() == (Path(tmp) / "spread" / n).read_bytes()
+            for n in ("evaluated.csv", "pareto.csv", "best.yaml")
+        )
+    value = (f"1 process {walls.get('one', 0):.0f} s, {processes} processes {walls.get('spread', 0):.0f} s, "
+             f"identical outputs: {'yes' if same else 'no'}")  # fmt: skip
+    result = False if not ok else (same if device.type != "cuda" else None)  # GPUs: identical is information
+    return [("search spread", f"search.py devices={processes} on {name}, {search[0]} {search[1]}", value,
+             "exit 0; identical (CPU)", result)]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: checks that the script works")
@@ -272,8 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         # Timings and memory of tiny shapes on a shared CPU say nothing: a dry run reports them ungated.
         rows += check_step(space, batch, device, reps, gate=not args.dry_run)
         rows += check_memory(space, batch, device, gate=not args.dry_run)
-    rows += check_lightning(device, args.dry_run)
-    rows += check_search(spaces[0][0], device, 4 if args.dry_run else 40, args.dry_run)
+    with tempfile.TemporaryDirectory() as run:
+        rows += check_lightning(device, args.dry_run, run)
+        rows += check_search(spaces[0][0], device, 4 if args.dry_run else 40, args.dry_run)
+        rows += check_search_spread(device, args.dry_run, run)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run, tiny shapes)"
     print(f"GPU acceptance on {name}, torch {torch.__version__}, {time.perf_counter() - started:.0f} s\n")
     print("| check | setting | measured | target | result |")

@@ -85,6 +85,10 @@ class NonFiniteLossError(FairnasError, RuntimeError):
     """A loss or gradient became NaN or infinite and the policy is to stop."""
 
 
+class LostProcessError(FairnasError, RuntimeError):
+    """Another process of a distributed run ended (killed, out of memory, its node lost) while this one waited."""
+
+
 THIRD_PARTY_USER_ERRORS = (
     ("builtins", "FileNotFoundError"),  # a path the user gave does not exist
     ("omegaconf.errors", "MissingMandatoryValue"),  # a ??? setting left unset

@@ -8,6 +8,7 @@ launcher, srun tasks, scancel's signals and a real time limit, torchrun with two
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -260,7 +261,7 @@ def test_an_elastic_restart_after_a_lost_rank_resumes_and_ends_as_the_uninterrup
 
 
 # ----------------------------------------------------------------- the other programs on SLURM
-def test_search_runs_as_a_slurm_job_with_the_outputs_of_a_local_search(slurm, tmp_path):
+def test_search_runs_as_a_slurm_job_torchrun_or_srun_processes_with_the_outputs_of_a_local_search(slurm, tmp_path):
     supernet = tmp_path / "supernet"
     trained = run_entry("train.py", *RUN, "trainer.max_steps=2", f"hydra.run.dir={supernet}")
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -270,8 +271,32 @@ def test_search_runs_as_a_slurm_job_with_the_outputs_of_a_local_search(slurm, tm
     assert local.returncode == 0, local.stderr[-3000:]
     job = run_entry("search.py", "-m", *SLURM, *search, f"hydra.sweep.dir={tmp_path / 'slurm'}", env=slurm_env(slurm))
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    # The same search spread over 2 processes, as torchrun and as 2 srun tasks start them (devices unset: as
+    # many as the launcher started).
+    script = [sys.executable, str(ROOT / "search.py"), *search]
+    spread = {"torchrun": tmp_path / "torchrun", "srun": tmp_path / "srun"}
+    logs = [tmp_path / "torchrun.log"]
+    started = torchrun(logs[0], "--standalone", "--nproc_per_node=2", *script[1:],
+                       f"hydra.run.dir={spread['torchrun']}", env=launcher_env())  # fmt: skip
+    finish([started], logs)
+    env = {**os.environ, **slurm_env(slurm)}
+    srun = ["srun", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", *script]
+    done = subprocess.run([*srun, f"hydra.run.dir={spread['srun']}"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     for name in ("evaluated.csv", "pareto.csv", "best.yaml"):
-        assert (tmp_path / "slurm" / "0" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+        local = (tmp_path / "local" / name).read_bytes()
+        assert (tmp_path / "slurm" / "0" / name).read_bytes() == local, name
+        for launcher, run in spread.items():
+            assert (run / name).read_bytes() == local, (launcher, name)
+    for run in spread.values():
+        assert json.loads((run / "results.json").read_text())["processes"] == 2
+    # srun --ntasks=2 leaves the tasks per node to SLURM, which Lightning cannot place: one clear error.
+    refused = subprocess.run(["srun", "--ntasks=2", "--cpus-per-task=1", *script, f"hydra.run.dir={tmp_path / 'x'}"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused.returncode != 0 and "give the tasks per node instead (srun --nodes=<nodes> --ntasks-per-node=" in (
+        refused.stdout + refused.stderr
+    )
 
 
 def test_a_tiny_study_runs_end_to_end_through_sbatch(slurm, tmp_path):

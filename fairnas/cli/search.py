@@ -3,6 +3,8 @@
     python search.py ckpt_path=outputs/.../checkpoints/last.ckpt                  # NSGA-II (default)
     python search.py ckpt_path=... strategy=evolution strategy.max_madds=330e6
     python search.py ckpt_path=... strategy=random strategy.num_samples=500
+    python search.py ckpt_path=... devices=4                                    # 4 processes share the work
+    torchrun --nproc_per_node=4 search.py ckpt_path=...                         # or srun --ntasks=4
 
 Writes evaluated.csv, pareto.csv, pareto.png, best.yaml (each with the command that retrains it
 from scratch), evaluations.jsonl (the resumable cache) and results.json to the run directory.
@@ -19,6 +21,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
@@ -30,6 +33,7 @@ from fairnas.run.checkpoint import file_digest, load_supernet
 from fairnas.run.record import RunRecord, select_overrides
 from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator
 from fairnas.search.outputs import best_of, records_csv, with_named, write_outputs
+from fairnas.search.spread import Spread, launcher_world
 from fairnas.tracking import finish_loggers, log_file_artifact, redact, run_identity, supernet_run_info
 from fairnas.utils import write_json_atomic
 
@@ -44,7 +48,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
             "search.py scores architectures with a trained supernet: give its checkpoint, "
             "ckpt_path=<train.py run dir>/checkpoints/last.ckpt"
         )
-    device = _device(cfg.device)
+    spread, device = _launch(cfg)
     supernet, record = load_supernet(cfg.ckpt_path)
     supernet.to(device)
     space = supernet.space
@@ -80,16 +84,25 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         "val_batches": ev.val_batches,
         "latency": [device.type, ev.latency_repeats, ev.memory_format] if ev.latency else None,
     }
-    cache = ResultCache(out_dir / "evaluations.jsonl", fingerprint)
+    # Rank 0 alone reads and writes the cache file; the other processes hold a copy of what it read.
+    opened: list[ResultCache] = []
+
+    def open_cache() -> list[dict[str, Any]]:
+        opened.append(ResultCache(out_dir / "evaluations.jsonl", fingerprint))
+        return opened[0].records()
+
+    cached = spread.agree(open_cache)  # a refused cache is one error on every process
+    cache = opened[0] if spread.is_main else ResultCache.holding(cached)
     if len(cache):
-        log.info("resuming: %d architectures already evaluated in %s", len(cache), cache.path)
+        log.info("resuming: %d architectures already evaluated in %s", len(cache), out_dir / "evaluations.jsonl")
     evaluator = SupernetEvaluator(
         supernet, calibration, validation, cost_model, cache, latency=ev.latency, latency_repeats=ev.latency_repeats,
-        input_size=datamodule.image_size, memory_format=ev.memory_format,
+        input_size=datamodule.image_size, memory_format=ev.memory_format, spread=spread,
     )  # fmt: skip
     strategy = instantiate(cfg.strategy)
-    log.info("searching %s (%d layers x %d choices) with %r", space.name, space.num_layers, space.num_choices, strategy)
-    with tqdm(desc="evaluating", unit="arch", dynamic_ncols=True) as bar:
+    log.info("searching %s (%d layers x %d choices) with %r on %d process(es)", space.name, space.num_layers,
+             space.num_choices, strategy, spread.world_size)  # fmt: skip
+    with tqdm(desc="evaluating", unit="arch", dynamic_ncols=True, disable=not spread.is_main) as bar:
         problem = SearchProblem(
             space.num_layers, space.num_choices, evaluator.costs, _progress(evaluator, bar), progress=None
         )
@@ -104,6 +117,8 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     best = best_of(records, limits)
     if best is None:
         raise ConfigError(f"no evaluated architecture is within the limits {limits}: relax strategy.max_*")
+    if not spread.is_main:  # every process holds the same records; rank 0 writes them
+        return {"search/best_arch": best["arch"], "search/best_acc1": best["acc1"], "rank": spread.rank}
     front, figure = write_outputs(out_dir, records, objectives, limits, retrain, named, f"{space.name}: {strategy!r}")
     results = {
         "strategy": type(strategy).__name__,
@@ -117,6 +132,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         "search/best_arch": best["arch"],
         "search/best_madds": best["madds"],
         "named": {k: {"arch": v["arch"], "acc1": v["acc1"], "madds": v["madds"]} for k, v in named.items()},
+        "processes": spread.world_size,
         "wall_time_s": round(time.time() - start, 2),
     }
     write_json_atomic(out_dir / "results.json", results)
@@ -135,6 +151,38 @@ def _retrain_args(cfg: DictConfig, record: RunRecord) -> list[str]:
         return record.retrain_args()
     hc = HydraConfig.get()
     return record.retrain_args(hc.runtime.choices["dataset"], hc.overrides.task)
+
+
+def _launch(cfg: DictConfig) -> tuple[Spread, torch.device]:
+    """The processes of this search and this one's device. ``devices`` x ``num_nodes`` > 1: Lightning Fabric
+    starts the other processes of this node (or joins those torchrun or srun started) and this one takes its
+    device; otherwise this process searches alone on ``device``."""
+    launched = launcher_world()
+    devices, nodes = (1 if cfg.get(k) is None else int(cfg.get(k)) for k in ("devices", "num_nodes"))
+    if launched is not None and cfg.get("devices") is None:
+        devices, nodes = launched  # torchrun --nproc_per_node=N, srun --ntasks=N: as many processes as started
+    if devices < 1 or nodes < 1:
+        raise ConfigError(f"devices={devices}, num_nodes={nodes}: give processes per node and nodes, each 1 or more")
+    if devices * nodes == 1:
+        return Spread(), _device(cfg.device)
+    if launched is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(
+            f"devices={devices} in a -m sweep: the processes Fabric starts would each run the whole sweep again. "
+            "Run the sweep's searches one by one, or under torchrun or srun (devices unset)"
+        )
+    if launched is not None and launched != (devices, nodes):
+        raise ConfigError(
+            f"this search was started as {launched[0]} process(es) on each of {launched[1]} node(s), but devices="
+            f"{devices} num_nodes={nodes}: give the numbers the launcher started (or leave devices unset)"
+        )
+    from lightning_fabric import Fabric
+
+    accelerator = {"auto": "auto", "cpu": "cpu"}.get(cfg.device, "cuda")
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device} but no CUDA device is available here: use device=cpu or device=auto")
+    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=nodes, strategy="ddp")
+    fabric.launch()
+    return Spread.over_process_group(), fabric.device
 
 
 def _device(name: str) -> torch.device:

@@ -119,6 +119,13 @@ class ResultCache:
         except OSError as err:  # a line cut short by a full disk is dropped as torn on the next run
             raise (storage_error(err, self.path, "evaluation cache") or err) from None
 
+    @classmethod
+    def holding(cls, records: list[dict[str, Any]]) -> ResultCache:
+        """An in-memory cache holding ``records`` (those another process read from the file it writes)."""
+        cache = cls(None)
+        cache._records = {r["arch"]: dict(r) for r in records}
+        return cache
+
     def get(self, key: str) -> dict[str, Any] | None:
         record = self._records.get(key)
         return dict(record) if record is not None else None

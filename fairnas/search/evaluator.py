@@ -28,6 +28,7 @@ from fairnas.models import CostModel, SearchSpace, Supernet, layout
 from fairnas.models.bn import bn_layers, preserved_stats, recalibrate
 from fairnas.models.path_tree import PathTree
 from fairnas.search.cache import ResultCache
+from fairnas.search.spread import Spread
 
 Batch = tuple[Tensor, Tensor]
 
@@ -86,6 +87,9 @@ class SupernetEvaluator:
             validation 2x faster on fairnas_mini; whole batches elsewhere; None: whole batches).
             Evaluation-mode layers treat images independently, so the logits are the same; the
             first batch checks that they are bit for bit, and whole batches are used if not.
+        spread: The processes sharing the evaluations (:mod:`fairnas.search.spread`); default: this
+            one alone. Every process must build its evaluator the same way and ask for the same
+            architectures in the same order; each evaluates its share, and all get every result.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class SupernetEvaluator:
         input_size: int | None = None,
         memory_format: str = "channels_last",
         chunk_size: int | str | None = "auto",
+        spread: Spread | None = None,
     ) -> None:
         limit = getattr(validation, "limit", None)
         if limit is not None and limit < 1:
@@ -118,6 +123,7 @@ class SupernetEvaluator:
         self.cache = cache if cache is not None else ResultCache(None)
         self.latency = latency
         self.latency_repeats = latency_repeats
+        self.spread = spread or Spread()
         self.input_size = input_size or self.space.input_size
         self.num_classes = supernet.num_classes
         self.evaluations = 0  # architectures evaluated by this object (not read from the cache)
@@ -140,7 +146,7 @@ class SupernetEvaluator:
             key = self.space.format_arch(arch)
             record = self.cache.get(key) or {}
             if "latency_ms" not in record:
-                record.update(out, arch=key, latency_ms=self.measure_latency(arch))
+                record.update(out, arch=key, latency_ms=self._latency(arch))
                 self.cache.put(key, record)
             out["latency_ms"] = record["latency_ms"]
         return out
@@ -161,19 +167,23 @@ class SupernetEvaluator:
         """Every measured number of each of ``archs``, from the cache when present.
 
         The architectures missing from the cache are evaluated together (:meth:`evaluate_many`,
-        one pass over the data that shares their common prefixes), then cached one by one.
+        one pass over the data that shares their common prefixes), then cached one by one. Spread
+        over processes, each evaluates its share of them and every process gets all the results.
         """
         keys = [self.space.format_arch(a) for a in archs]
         records = {k: self.cache.get(k) or {} for k in keys}
         todo = {k: tuple(int(c) for c in a) for k, a in zip(keys, archs) if "acc1" not in records[k]}
         if todo:
-            for key, measured in zip(todo, self.evaluate_many(list(todo.values())), strict=True):
-                records[key].update(measured)
+            mine = self.spread.share(list(todo.values()))
+            measured = self.spread.gather(self.evaluate_many(mine) if mine else [], len(todo))
+            self.evaluations += len(todo) - len(mine)  # the other processes' share
+            for key, result in zip(todo, measured, strict=True):
+                records[key].update(result)
         for key, arch in dict(zip(keys, archs)).items():  # each architecture once
             record = records[key]
             if key in todo or (self.latency and "latency_ms" not in record):
                 if self.latency and "latency_ms" not in record:
-                    record["latency_ms"] = self.measure_latency(arch)
+                    record["latency_ms"] = self._latency(arch)
                 record.update(self._costs_record(arch))
                 self.cache.put(key, record)
         return [records[k] for k in keys]
@@ -243,6 +253,10 @@ class SupernetEvaluator:
 
     def _batch(self, x: Tensor) -> Tensor:
         return layout.as_layout(x.to(self.dtype), self.memory_format)
+
+    def _latency(self, arch: Sequence[int]) -> float:
+        """The latency of ``arch``, measured on the main process only: a clock differs between processes."""
+        return self.spread.agree(lambda: self.measure_latency(arch))
 
     @torch.no_grad()
     def measure_latency(self, arch: Sequence[int]) -> float:
