@@ -135,3 +135,7 @@ def test_a_spread_that_cannot_work_is_one_clear_error(supernet, tmp_path):
     assert zero.returncode == 2 and "devices=0, num_nodes=1: give processes per node and nodes, each 1 or more" in (
         zero.stderr
     )
+    threads = search(supernet, tmp_path / "threads", "cpu_threads=0")
+    assert threads.returncode == 2 and "cpu_threads=0: give a number of threads per process (1, 2, ...) or auto" in (
+        threads.stderr
+    )

@@ -4,7 +4,7 @@
     python search.py ckpt_path=... strategy=evolution strategy.max_madds=330e6
     python search.py ckpt_path=... strategy=random strategy.num_samples=500
     python search.py ckpt_path=... devices=4                                    # 4 processes share the work
-    torchrun --nproc_per_node=4 search.py ckpt_path=...                         # or srun --ntasks=4
+    torchrun --nproc_per_node=4 search.py ckpt_path=...                         # or srun --ntasks-per-node=4
 
 Writes evaluated.csv, pareto.csv, pareto.png, best.yaml (each with the command that retrains it
 from scratch), evaluations.jsonl (the resumable cache) and results.json to the run directory.
@@ -13,6 +13,7 @@ from scratch), evaluations.jsonl (the resumable cache) and results.json to the r
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from fairnas.run.record import RunRecord, select_overrides
 from fairnas.search import DeviceBatches, ResultCache, SearchProblem, SupernetEvaluator
 from fairnas.search.outputs import best_of, records_csv, with_named, write_outputs
 from fairnas.search.spread import Spread, launcher_world
+from fairnas.system.ddp import check_cpu_threads
 from fairnas.tracking import finish_loggers, log_file_artifact, redact, run_identity, supernet_run_info
 from fairnas.utils import write_json_atomic
 
@@ -107,6 +109,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
             space.num_layers, space.num_choices, evaluator.costs, _progress(evaluator, bar), progress=None
         )
         archs = strategy.search(problem)
+    evaluator.results(list(space.archs.values()))  # the named models the strategy did not propose: spread too
     searched = [{**evaluator.result(a), "blocks": " ".join(space.describe_arch(a))} for a in archs]
     named = {n: {**evaluator.result(a), "blocks": " ".join(space.describe_arch(a))} for n, a in space.archs.items()}
     records = with_named(searched, named)  # the front and the best pick cover the named models too
@@ -157,23 +160,27 @@ def _launch(cfg: DictConfig) -> tuple[Spread, torch.device]:
     """The processes of this search and this one's device. ``devices`` x ``num_nodes`` > 1: Lightning Fabric
     starts the other processes of this node (or joins those torchrun or srun started) and this one takes its
     device; otherwise this process searches alone on ``device``."""
+    threads = check_cpu_threads(cfg.get("cpu_threads"))
+    if threads != "auto":  # before any process starts: the ones Fabric starts inherit it
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
     launched = launcher_world()
     devices, nodes = (1 if cfg.get(k) is None else int(cfg.get(k)) for k in ("devices", "num_nodes"))
     if launched is not None and cfg.get("devices") is None:
         devices, nodes = launched  # torchrun --nproc_per_node=N, srun --ntasks=N: as many processes as started
     if devices < 1 or nodes < 1:
         raise ConfigError(f"devices={devices}, num_nodes={nodes}: give processes per node and nodes, each 1 or more")
+    if launched is not None and launched != (devices, nodes):
+        raise ConfigError(
+            f"this search was started as {launched[0]} process(es) on each of {launched[1]} node(s), but devices="
+            f"{devices} num_nodes={nodes}: give the numbers the launcher started (or leave devices unset)"
+        )
     if devices * nodes == 1:
         return Spread(), _device(cfg.device)
     if launched is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise ConfigError(
             f"devices={devices} in a -m sweep: the processes Fabric starts would each run the whole sweep again. "
             "Run the sweep's searches one by one, or under torchrun or srun (devices unset)"
-        )
-    if launched is not None and launched != (devices, nodes):
-        raise ConfigError(
-            f"this search was started as {launched[0]} process(es) on each of {launched[1]} node(s), but devices="
-            f"{devices} num_nodes={nodes}: give the numbers the launcher started (or leave devices unset)"
         )
     from lightning_fabric import Fabric
 

@@ -50,19 +50,22 @@ class Spread:
 
     @classmethod
     def over_process_group(cls) -> Spread:
-        """The spread over torch.distributed's default process group (initialised by Lightning Fabric)."""
+        """The spread over the processes of torch.distributed's default group (initialised by Lightning
+        Fabric), talking over a gloo group of their own: on CPU memory, and a process that dies is an error
+        at once (NCCL, the GPUs' default, would wait for its timeout)."""
         import torch.distributed as dist
 
         world = dist.get_world_size()
+        group = dist.new_group(backend="gloo")  # every rank calls this, once
 
         def all_gather(obj: Any) -> list[Any]:
             out: list[Any] = [None] * world
-            dist.all_gather_object(out, obj)
+            dist.all_gather_object(out, obj, group=group)
             return out
 
         def broadcast(obj: Any) -> Any:
             box = [obj]
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box, src=0, group=group)
             return box[0]
 
         return cls(dist.get_rank(), world, all_gather, broadcast)

@@ -124,6 +124,11 @@ def requeue_job() -> bool:
     return True
 
 
+def first_set(*values: object) -> object:
+    """The first of ``values`` that is set (not None), else 1: a count of tasks or nodes."""
+    return next((v for v in values if v is not None), 1)
+
+
 def gpus_per_node(accelerator: str | None, devices: int | str | None) -> int | None:
     """GPUs per node to ask SLURM for: one per device on a GPU accelerator, none on the CPU.
 

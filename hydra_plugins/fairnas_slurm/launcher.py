@@ -12,13 +12,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fairnas.utils.slurm import gpus_per_node
+from fairnas.utils.slurm import first_set, gpus_per_node
 
 log = logging.getLogger("fairnas")
 
 # gpus_per_node in conf/hydra/launcher/slurm.yaml: ${fairnas.slurm_gpus:<accelerator>,<devices>}
 if not OmegaConf.has_resolver("fairnas.slurm_gpus"):
     OmegaConf.register_new_resolver("fairnas.slurm_gpus", gpus_per_node)
+# tasks and nodes: train.py's trainer.devices / num_nodes, else search.py's devices / num_nodes, else 1
+if not OmegaConf.has_resolver("fairnas.first_set"):
+    OmegaConf.register_new_resolver("fairnas.first_set", first_set)
 
 # What sbatch says, and the settings that decide it.
 _GPUS = "gpus_per_node (GPUs: trainer.accelerator=cpu asks for none; or hydra.launcher.gpus_per_node=null)"
