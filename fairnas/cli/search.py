@@ -184,9 +184,7 @@ def _launch(cfg: DictConfig) -> tuple[Spread, torch.device]:
         )
     from lightning_fabric import Fabric
 
-    accelerator = {"auto": "auto", "cpu": "cpu"}.get(cfg.device, "cuda")
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={cfg.device} but no CUDA device is available here: use device=cpu or device=auto")
+    accelerator = _device(cfg.device).type  # cpu or cuda, checked as for one process
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=nodes, strategy="ddp")
     fabric.launch()
     return Spread.over_process_group(), fabric.device
