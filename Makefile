@@ -25,7 +25,7 @@ cluster:
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt 2>&1 | { grep -v "is ignored" || true; }
-	$(PY) -c "import torch, torchvision, pytorch_lightning, hydra, torchmetrics"
+	$(PY) -c "import torch, torchvision, pytorch_lightning, hydra, torchmetrics, onnx, onnxruntime, onnxscript"
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian where apt can be used as root; otherwise train.py falls back to a

@@ -20,6 +20,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataNotFoundError",
+    "ExportError",
     "FairnasError",
     "IDXError",
     "NonFiniteLossError",
@@ -79,6 +80,10 @@ class UnknownDatasetError(DataError):
 
 class IDXError(DataError, ValueError):
     """An IDX file is malformed, truncated or has an unexpected shape."""
+
+
+class ExportError(FairnasError, RuntimeError):
+    """A network could not be exported, or its export does not compute what the PyTorch network does."""
 
 
 class NonFiniteLossError(FairnasError, RuntimeError):

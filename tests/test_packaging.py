@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-COMMANDS = {"fairnas-train", "fairnas-search", "fairnas-study", "fairnas-report"}
+COMMANDS = {"fairnas-train", "fairnas-search", "fairnas-study", "fairnas-report", "fairnas-export", "fairnas-latency"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,7 @@ def test_the_wheel_declares_dependencies_commands_and_ships_the_configs(wheel):
     requires = {line.split(":", 1)[1].strip().split(";")[0].split(">")[0].split("=")[0].strip()
                 for line in metadata.splitlines() if line.startswith("Requires-Dist:")}  # fmt: skip
     assert {"torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "torchmetrics", "pymoo"} <= requires
+    assert "Provides-Extra: export" in metadata and "onnxruntime" in metadata  # pip install "fairnas[export]"
     for command in COMMANDS:
         assert f"{command} = fairnas.cli.{command.split('-')[1]}:main" in entry_points
     configs = {str(p.relative_to(ROOT)) for p in (ROOT / "conf").rglob("*.yaml")}

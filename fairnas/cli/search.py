@@ -78,6 +78,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     )
     validation = DeviceBatches(datamodule.val_dataloader(), ev.val_batches, device, ev.preload)
     cost_model = CostModel.create(space, datamodule.image_size, datamodule.num_classes, datamodule.in_channels)
+    latency_table = _latency_table(cfg, space, datamodule)
     fingerprint = {
         "checkpoint": file_digest(cfg.ckpt_path),
         "dataset": dataset_info,
@@ -100,7 +101,12 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     evaluator = SupernetEvaluator(
         supernet, calibration, validation, cost_model, cache, latency=ev.latency, latency_repeats=ev.latency_repeats,
         input_size=datamodule.image_size, memory_format=ev.memory_format, spread=spread,
+        latency_model=None if latency_table is None else latency_table.predictor(space),
     )  # fmt: skip
+    if latency_table is not None and "objectives" in cfg.strategy and "latency_ms" not in cfg.strategy.objectives:
+        with open_dict(cfg):
+            cfg.strategy.objectives = [*cfg.strategy.objectives, "latency_ms"]  # the table's point: optimise it
+        log.info("objectives: %s (latency_ms from the latency table)", list(cfg.strategy.objectives))
     strategy = instantiate(cfg.strategy)
     log.info("searching %s (%d layers x %d choices) with %r on %d process(es)", space.name, space.num_layers,
              space.num_choices, strategy, spread.world_size)  # fmt: skip
@@ -122,7 +128,9 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"no evaluated architecture is within the limits {limits}: relax strategy.max_*")
     if not spread.is_main:  # every process holds the same records; rank 0 writes them
         return {"search/best_arch": best["arch"], "search/best_acc1": best["acc1"], "rank": spread.rank}
-    front, figure = write_outputs(out_dir, records, objectives, limits, retrain, named, f"{space.name}: {strategy!r}")
+    latency_source = _latency_source(cfg, latency_table, device)
+    front, figure = write_outputs(out_dir, records, objectives, limits, retrain, named, f"{space.name}: {strategy!r}",
+                                  latency_source)  # fmt: skip
     results = {
         "strategy": type(strategy).__name__,
         "seed": cfg.seed,
@@ -135,6 +143,7 @@ def search(cfg: DictConfig) -> dict[str, Any]:
         "search/best_arch": best["arch"],
         "search/best_madds": best["madds"],
         "named": {k: {"arch": v["arch"], "acc1": v["acc1"], "madds": v["madds"]} for k, v in named.items()},
+        "latency": latency_source,
         "processes": spread.world_size,
         "wall_time_s": round(time.time() - start, 2),
     }
@@ -146,6 +155,36 @@ def search(cfg: DictConfig) -> dict[str, Any]:
              len(added), ", ".join(added) or "none", evaluator.evaluations, len(records) - evaluator.evaluations,
              best["arch"], best["acc1"], out_dir)  # fmt: skip
     return results
+
+
+def _latency_table(cfg: DictConfig, space: Any, datamodule: Any) -> Any:
+    """The latency table given as ``latency_table=...``, checked to be of this space and input; None without one."""
+    path = cfg.get("latency_table")
+    if path is None:
+        return None
+    if cfg.evaluator.latency:
+        raise ConfigError(
+            f"latency_table={path} predicts latency and evaluator.latency=true measures it here: give one of them"
+        )
+    from fairnas.deploy.latency import LatencyTable
+
+    table = LatencyTable.load(path)
+    table.check_matches(space, datamodule.image_size, datamodule.in_channels, datamodule.num_classes,
+                        where=f"latency table {path}")  # fmt: skip
+    log.info("latency_ms predicted by %s: %s, measured %s", path, table.describe(), table.created)
+    return table
+
+
+def _latency_source(cfg: DictConfig, table: Any, device: torch.device) -> dict[str, Any] | None:
+    """Where the outputs' latency_ms comes from (results.json, best.yaml, pareto.png)."""
+    if table is not None:
+        return {"source": "latency table", "file": str(cfg.latency_table), "runtime": f"{table.runtime} "
+                f"{table.runtime_version}", "device": table.device.get("name"), "threads": table.threads,
+                "predicted": f"{table.scale:.4g} * block sum + {table.offset_ms:.4g} ms"}  # fmt: skip
+    if cfg.evaluator.latency:
+        return {"source": "measured here", "runtime": f"torch {torch.__version__}", "device": device.type,
+                "threads": torch.get_num_threads()}  # fmt: skip
+    return None
 
 
 def _retrain_args(cfg: DictConfig, record: RunRecord) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -90,6 +90,10 @@ class SupernetEvaluator:
         spread: The processes sharing the evaluations (:mod:`fairnas.search.spread`); default: this
             one alone. Every process must build its evaluator the same way and ask for the same
             architectures in the same order; each evaluates its share, and all get every result.
+        latency_model: ``arch -> ms``, a predicted latency (a latency table's
+            :meth:`fairnas.deploy.LatencyTable.predictor`) given as ``latency_ms`` instead of
+            measuring here (exclusive with ``latency``). Predictions are not cached: they are
+            cheap, and a new table must not meet an old one's numbers.
     """
 
     def __init__(
@@ -105,7 +109,12 @@ class SupernetEvaluator:
         memory_format: str = "channels_last",
         chunk_size: int | str | None = "auto",
         spread: Spread | None = None,
+        latency_model: Callable[[Sequence[int]], float] | None = None,
     ) -> None:
+        if latency and latency_model is not None:
+            raise ConfigError(
+                "evaluator.latency=true measures latency here, and a latency table predicts it: give one of them"
+            )
         limit = getattr(validation, "limit", None)
         if limit is not None and limit < 1:
             raise ConfigError(
@@ -123,6 +132,7 @@ class SupernetEvaluator:
         self.cache = cache if cache is not None else ResultCache(None)
         self.latency = latency
         self.latency_repeats = latency_repeats
+        self.latency_model = latency_model
         self.spread = spread or Spread()
         self.input_size = input_size or self.space.input_size
         self.num_classes = supernet.num_classes
@@ -149,6 +159,8 @@ class SupernetEvaluator:
                 record.update(out, arch=key, latency_ms=self._latency(arch))
                 self.cache.put(key, record)
             out["latency_ms"] = record["latency_ms"]
+        elif self.latency_model is not None:
+            out["latency_ms"] = float(self.latency_model(arch))
         return out
 
     def _costs_record(self, arch: Sequence[int]) -> dict[str, Any]:
@@ -186,6 +198,8 @@ class SupernetEvaluator:
                     record["latency_ms"] = self._latency(arch)
                 record.update(self._costs_record(arch))
                 self.cache.put(key, record)
+        if self.latency_model is not None:
+            return [{**records[k], "latency_ms": float(self.latency_model(a))} for k, a in zip(keys, archs)]
         return [records[k] for k in keys]
 
     def evaluate(self, arch: Sequence[int]) -> dict[str, float]:

@@ -70,26 +70,35 @@ def plot_pareto(
     path: str | Path,
     named: Mapping[str, Mapping[str, Any]] | None = None,
     title: str = "",
+    latency_label: str = "",
 ):
-    """Accuracy against MAdds: every evaluated point, the front highlighted, named models marked."""
+    """Accuracy against MAdds (and against latency where every record has one): every evaluated point,
+    the front highlighted, named models marked. ``latency_label`` says where the latency comes from."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(
-        [r["madds"] / 1e6 for r in records], [100 * r["acc1"] for r in records], s=12, c="0.7", label="evaluated"
-    )
-    pts = sorted((records[i]["madds"] / 1e6, 100 * records[i]["acc1"]) for i in front)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:red", ms=5, label="Pareto front")
-    for name, r in (named or {}).items():
-        ax.scatter([r["madds"] / 1e6], [100 * r["acc1"]], marker="*", s=140, zorder=5, label=name)
-    ax.set_xlabel("MAdds (M)")
-    ax.set_ylabel("one-shot top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    panels = [("madds", 1e6, "MAdds (M)")]
+    if records and all("latency_ms" in r for r in records):
+        panels.append(("latency_ms", 1.0, f"latency (ms){', ' + latency_label if latency_label else ''}"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (key, unit, label) in zip(axes[0], panels, strict=True):
+        ax.scatter(
+            [r[key] / unit for r in records], [100 * r["acc1"] for r in records], s=12, c="0.7", label="evaluated"
+        )
+        pts = sorted((records[i][key] / unit, 100 * records[i]["acc1"]) for i in front)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:red", ms=5, label="Pareto front")
+        for name, r in (named or {}).items():
+            ax.scatter([r[key] / unit], [100 * r["acc1"]], marker="*", s=140, zorder=5, label=name)
+        ax.set_xlabel(label)
+        ax.set_ylabel("one-shot top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    if len(panels) == 1:
+        axes[0][0].set_title(title)
+    else:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
@@ -100,6 +109,7 @@ def best_yaml(
     front: Sequence[int],
     limits: Mapping[str, float | None],
     retrain: str,
+    latency: Mapping[str, Any] | None = None,
 ) -> str:
     """The chosen architectures: the most accurate one under the limits, and the whole front.
 
@@ -108,6 +118,7 @@ def best_yaml(
         front: Indices of the front in ``records``.
         limits: ``max_madds`` / ``max_params`` / ``max_latency_ms`` of the search (None = no limit).
         retrain: Command prefix that retrains an architecture, completed with ``arch=...``.
+        latency: Where ``latency_ms`` comes from (a latency table, or measured here), when it is given.
     """
 
     def entry(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,6 +132,7 @@ def best_yaml(
         "covers": f"all {len(records)} evaluated architectures ({named} of them named models of the space) "
         "within the limits",
         "limits": {k: v for k, v in limits.items() if v is not None},
+        **({"latency": dict(latency)} if latency else {}),
         "best": entry(best) if best else None,
         "front": [entry(records[i]) for i in sorted(front, key=lambda i: records[i]["madds"])],
     }
@@ -135,6 +147,7 @@ def write_outputs(
     retrain: str,
     named: Mapping[str, Mapping[str, Any]] | None = None,
     title: str = "",
+    latency: Mapping[str, Any] | None = None,
 ) -> tuple[list[int], Any]:
     """Writes every output file; returns the front indices (in ``records``) and the figure.
 
@@ -146,6 +159,9 @@ def write_outputs(
     front = [feasible[i] for i in front_of([records[i] for i in feasible], objectives)]
     write_text_atomic(out_dir / "evaluated.csv", records_csv(records))
     write_text_atomic(out_dir / "pareto.csv", records_csv([records[i] for i in front]))
-    write_text_atomic(out_dir / "best.yaml", best_yaml(records, front, limits, retrain))
-    figure = plot_pareto(records, front, out_dir / "pareto.png", named, title)
+    write_text_atomic(out_dir / "best.yaml", best_yaml(records, front, limits, retrain, latency))
+    label = (
+        "" if not latency else (latency.get("source", "") + (f": {latency['device']}" if latency.get("device") else ""))
+    )
+    figure = plot_pareto(records, front, out_dir / "pareto.png", named, title, label)
     return front, figure

@@ -1,0 +1,70 @@
+"""Latency tables checked against whole networks: predicted vs measured batch-1 latency on random architectures.
+
+For each space, runs ``latency.py`` the way a user does (a new interpreter, default measurement
+settings unless given): it measures every block, fits ``scale * sum + offset`` on ``fit_archs``
+random networks, then measures ``--validate`` *other* random networks whole and compares. Prints the
+median absolute percentage error (goal at most 10%) and Kendall's tau (goal at least 0.8) of the
+prediction, the same for the plain sum of the blocks (no fit), the measured range and the time the
+table took; writes ``latency_tables.json`` (every table, with its rows) to ``--out``.
+
+    .venv/bin/python benchmarks/bench_latency_table.py [--spaces fairnas_mini nas_bench_macro]
+        [--validate 50] [--out DIR] [-- latency.py overrides, e.g. runtime=torch threads=2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spaces", nargs="+", default=["fairnas_mini", "nas_bench_macro"])
+    parser.add_argument("--validate", type=int, default=50)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench-latency-"))
+    tables = {}
+    for space in args.spaces:
+        run_dir = out / space
+        command = [sys.executable, str(ROOT / "latency.py"), f"search_space={space}", f"validate={args.validate}",
+                   *args.overrides, f"hydra.run.dir={run_dir}"]  # fmt: skip
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, env={**os.environ}, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{space} failed:\n{done.stderr[-3000:]}")
+        table = json.loads((run_dir / "latency_table.json").read_text())
+        table["wall_s"] = time.perf_counter() - start
+        tables[space] = table
+        print(f"{space}: done in {table['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    (out / "latency_tables.json").write_text(json.dumps(tables, indent=2) + "\n")
+    first = next(iter(tables.values()))
+    print(f"\n{first['runtime']} {first['runtime_version']}, {first['threads']} thread(s), {first['device']['name']}; "
+          f"{first['settings']}\n")  # fmt: skip
+    print(
+        "| space | units timed (stem, blocks, head) | fit networks | fit: scale, offset (ms) | measured (ms) min-median-max "
+        "| MdAPE | Kendall tau | plain sum: MdAPE, tau | table built in |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for space, t in tables.items():
+        v = t["validation"]
+        m = v["measured_ms"]
+        blocks = len(t["units"])
+        print(f"| {space} | {blocks} | {t['fit']['archs']} | {t['scale']:.3f}, {t['offset_ms']:.4f} "
+              f"| {m['min']:.3f}-{m['median']:.3f}-{m['max']:.3f} | {v['mdape_percent']:.1f}% ({v['archs']} networks) "
+              f"| {v['kendall_tau']:.3f} | {v['sum_only']['mdape_percent']:.1f}%, {v['sum_only']['kendall_tau']:.3f} "
+              f"| {t['wall_s']:.0f} s |")  # fmt: skip
+    print(f"\nwritten: {out / 'latency_tables.json'}")
+
+
+if __name__ == "__main__":
+    main()
