@@ -37,8 +37,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from fairnas.errors import ConfigError
-from fairnas.models.space import SearchSpace
+from fairnas.models import SearchSpace, build_child
+from fairnas.models.blocks import ConvBNAct, Head, init_weights
 from fairnas.utils import write_json_atomic
 
 TABLE_FORMAT = "fairnas-latency-table"
@@ -248,13 +252,9 @@ class TorchRuntime(Runtime):
 
     @property
     def version(self) -> str:
-        import torch
-
         return torch.__version__
 
     def runner(self, module: Any, example: Any) -> Callable[[], Any]:
-        import torch
-
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device=cuda but no CUDA device is available here: use device=cpu")
         module = module.eval().to(self.device)
@@ -270,8 +270,6 @@ class TorchRuntime(Runtime):
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        import torch
-
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -292,8 +290,6 @@ def device_info(device: str) -> dict[str, Any]:
     """The machine a table was measured on, as far as it can be told."""
     info: dict[str, Any] = {"type": device, "machine": platform.machine(), "cores": os.cpu_count()}
     if device == "cuda":
-        import torch
-
         info["name"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown CUDA device"
         return info
     name = platform.processor() or platform.machine()
@@ -333,25 +329,15 @@ def time_units(runners: dict[str, Callable[[], Any]], warmup: int, repeats: int,
 
 
 # ---------------------------------------------------------------------------------- measuring a table
-class _Overhead:
-    """A near-empty network of a given input shape: what a call of the runtime costs when it computes ~nothing."""
+class _Null(nn.Module):
+    """A near-empty network: what a call of the runtime costs when it computes (almost) nothing."""
 
-    @staticmethod
-    def module() -> Any:
-        from torch import nn
-
-        class Null(nn.Module):
-            def forward(self, x):
-                return x.flatten(1)[:, :1] * 2.0
-
-        return Null()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :1] * 2.0
 
 
 def _units(space: SearchSpace, input_size: int, in_channels: int, num_classes: int, seed: int) -> list[dict[str, Any]]:
     """Every unit to time: the stem, each non-identity (layer, choice) block, the head; each with its input."""
-    import torch
-
-    from fairnas.models.blocks import ConvBNAct, Head, init_weights
 
     act = space.activation
     units = []
@@ -395,10 +381,6 @@ def random_archs(
 def _network_runners(space: SearchSpace, archs: Sequence[Sequence[int]], runtime: Runtime, input_size: int,
                      in_channels: int, num_classes: int, seed: int) -> dict[str, Callable[[], Any]]:  # fmt: skip
     """A batch-1 call of each architecture's whole network, built as ``export.py`` exports it, keyed ``net:<arch>``."""
-    import torch
-
-    from fairnas.models import build_child
-
     example = torch.zeros(1, in_channels, input_size, input_size)
     return {
         f"net:{space.format_arch(a)}": runtime.runner(
@@ -443,10 +425,8 @@ def build_table(
     runners = {u["name"]: runtime.runner(u["module"], u["example"]) for u in units}
     shapes = {tuple(u["input_shape"]) for u in units}
     nulls = {f"overhead:{'x'.join(map(str, s))}": s for s in shapes}
-    import torch
-
     for key, shape in nulls.items():
-        runners[key] = runtime.runner(_Overhead.module(), torch.zeros(1, *shape))
+        runners[key] = runtime.runner(_Null(), torch.zeros(1, *shape))
     archs = random_archs(space, fit_archs, rng)
     if archs:  # timed in the same rounds as the blocks: the fit relates sums and wholes measured alike
         progress(f"preparing {len(archs)} whole networks for the fit")
