@@ -51,8 +51,8 @@ def main() -> None:
     print(f"\n{first['runtime']} {first['runtime_version']}, {first['threads']} thread(s), {first['device']['name']}; "
           f"{first['settings']}\n")  # fmt: skip
     print(
-        "| space | units timed (stem, blocks, head) | fit networks | fit: scale, offset (ms) | measured (ms) min-median-max "
-        "| MdAPE | Kendall tau | plain sum: MdAPE, tau | table built in |"
+        "| space | units timed (stem, blocks, head) | fit networks | fit: scale, offset (ms) "
+        "| measured (ms) min-median-max | MdAPE | Kendall tau | plain sum: MdAPE, tau | table built in |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for space, t in tables.items():

@@ -23,6 +23,10 @@ when a check fails. The checks:
     (``devices=<GPUs>``; the dry run: 2 CPU processes) against one process: wall times, and whether
     ``evaluated.csv``, ``pareto.csv`` and ``best.yaml`` are the same bytes (gated on the CPU; on GPUs
     information only, as cuDNN may pick other kernels in another process).
+  * latency table: a table of ``fairnas_mini`` measured on the device with PyTorch
+    (``latency.py runtime=torch device=cuda``), validated on 30 other random networks measured
+    whole: median absolute percentage error and Kendall tau (information: the project's goals,
+    10% and 0.8, were set for onnxruntime on the CPU).
 """
 
 from __future__ import annotations
@@ -280,6 +284,22 @@ def check_search_spread(device: torch.device, dry_run: bool, supernet_dir: str) 
              "exit 0; identical (CPU)", result)]  # fmt: skip
 
 
+def check_latency_table(space: SearchSpace, device: torch.device, dry_run: bool) -> list[tuple]:
+    """A PyTorch latency table on the device, validated on other random networks measured whole."""
+    from fairnas.deploy.latency import TorchRuntime, build_table, validate_table
+
+    runtime = TorchRuntime(device.type, threads=1)
+    settings = {"warmup": 2, "repeats": 5, "rounds": 1} if dry_run else {"warmup": 20, "repeats": 100, "rounds": 5}
+    start = time.perf_counter()
+    table = build_table(space, runtime, fit_archs=3 if dry_run else 20, **settings)
+    v = validate_table(table, space, runtime, count=3 if dry_run else 30)
+    measured = v["measured_ms"]
+    value = (f"MdAPE {v['mdape_percent']:.1f}%, Kendall tau {v['kendall_tau']:.3f} ({v['archs']} networks, "
+             f"{measured['min']:.3f}-{measured['max']:.3f} ms), {time.perf_counter() - start:.0f} s")  # fmt: skip
+    return [("latency table", f"{space.name}, torch on {device.type}, batch 1", value, "info (CPU goals: <= 10%, "
+             ">= 0.8)", None)]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: checks that the script works")
@@ -308,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += check_lightning(device, args.dry_run, run)
         rows += check_search(spaces[0][0], device, 4 if args.dry_run else 40, args.dry_run)
         rows += check_search_spread(device, args.dry_run, run)
+    rows += check_latency_table(spaces[0][0], device, args.dry_run)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run, tiny shapes)"
     print(f"GPU acceptance on {name}, torch {torch.__version__}, {time.perf_counter() - started:.0f} s\n")
     print("| check | setting | measured | target | result |")
