@@ -63,6 +63,14 @@ def main() -> None:
               f"| {m['min']:.3f}-{m['median']:.3f}-{m['max']:.3f} | {v['mdape_percent']:.1f}% ({v['archs']} networks) "
               f"| {v['kendall_tau']:.3f} | {v['sum_only']['mdape_percent']:.1f}%, {v['sum_only']['kendall_tau']:.3f} "
               f"| {t['wall_s']:.0f} s |")  # fmt: skip
+    print("\nThe fit's first two networks are the space's fewest- and most-MAdds ones (in the fit, so in-sample):\n")
+    print("| space | network | measured (ms) | predicted (ms) | error |")
+    print("|---|---|---|---|---|")
+    for space, t in tables.items():
+        for name, row in zip(("fewest MAdds", "most MAdds"), t["fit"]["rows"][:2], strict=False):
+            predicted = t["scale"] * row["sum_ms"] + t["offset_ms"]
+            error = 100 * (predicted - row["measured_ms"]) / row["measured_ms"]
+            print(f"| {space} | {name} {row['arch']} | {row['measured_ms']:.4f} | {predicted:.4f} | {error:+.1f}% |")
     print(f"\nwritten: {out / 'latency_tables.json'}")
 
 

@@ -232,6 +232,8 @@ def test_a_table_finds_each_blocks_cost_and_predicts_whole_networks_exactly():
                 module = choice.build(layer.in_channels, layer.out_channels, layer.stride, space.activation)
                 assert ms == pytest.approx(1e-6 * sum(p.numel() for p in module.parameters()), abs=1e-12)
     assert table.scale == pytest.approx(1.0) and table.offset_ms == pytest.approx(1e3 * runtime.OVERHEAD_S)
+    # the fit spans the space: the fewest-MAdds network (all skip) and the most (all ir_k3_e2) first, then random
+    assert [r["arch"] for r in table.fit["rows"][:2]] == ["2-2-2", "1-1-1"] and table.fit["archs"] == 5
     for arch in [(0, 0, 0), (2, 2, 2), (1, 0, 2)]:
         net = build_child(space, arch, 4, 3)
         truth = 1e3 * runtime.OVERHEAD_S + 1e-6 * sum(p.numel() for p in net.parameters())

@@ -180,7 +180,8 @@ def _latency_source(cfg: DictConfig, table: Any, device: torch.device) -> dict[s
     if table is not None:
         return {"source": "latency table", "file": str(cfg.latency_table), "runtime": f"{table.runtime} "
                 f"{table.runtime_version}", "device": table.device.get("name"), "threads": table.threads,
-                "predicted": f"{table.scale:.4g} * block sum + {table.offset_ms:.4g} ms"}  # fmt: skip
+                "predicted": f"{table.scale:.4g} * block sum {'-' if table.offset_ms < 0 else '+'} "
+                f"{abs(table.offset_ms):.4g} ms"}  # fmt: skip
     if cfg.evaluator.latency:
         return {"source": "measured here", "runtime": f"torch {torch.__version__}", "device": device.type,
                 "threads": torch.get_num_threads()}  # fmt: skip

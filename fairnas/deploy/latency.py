@@ -11,8 +11,9 @@ subtracted from each unit and counted once, in the fitted constant. Blocks that 
 their layer (``skip``) cost nothing: exported networks drop them.
 
 The prediction of an architecture is ``scale * (stem + its blocks + head) + offset``. ``scale``
-and ``offset`` are fitted on ``fit_archs`` random architectures measured whole (:func:`fit_prediction`: a
-constant, or a least-squares line where leave-one-out says the sum is biased), in
+and ``offset`` are fitted on ``fit_archs`` architectures measured whole (:func:`fit_networks`: the
+fewest- and most-MAdds ones and random ones; :func:`fit_prediction`: a constant, or a least-squares
+line where leave-one-out says the sum is biased), in
 the same runtime; with none, ``scale`` is 1 and ``offset`` one call's overhead. The table can
 check itself (:func:`validate_table`): predicted against measured latency of other random
 architectures, as the median absolute percentage error and Kendall's tau, saved in the table.
@@ -41,7 +42,7 @@ import torch
 from torch import nn
 
 from fairnas.errors import ConfigError
-from fairnas.models import SearchSpace, build_child
+from fairnas.models import CostModel, SearchSpace, build_child
 from fairnas.models.blocks import ConvBNAct, Head, init_weights
 from fairnas.utils import write_json_atomic
 
@@ -378,6 +379,20 @@ def random_archs(
     return list(found)
 
 
+def fit_networks(space: SearchSpace, count: int, rng: random.Random, cost: CostModel) -> list[tuple[int, ...]]:
+    """The fit's networks, spanning the space: the fewest- and the most-MAdds architectures, then random ones.
+
+    Random architectures alone cluster in the middle of the latency range, where a fitted line is
+    well determined but says nothing of the ends; a search's front reaches the ends (its smallest
+    networks), so the fit includes them. With ``count`` < 2, random ones only.
+    """
+    ends = []
+    if count >= 2:
+        ends = [tuple(pick(range(len(row)), key=row.__getitem__) for row in cost.madds_table) for pick in (min, max)]
+    ends = list(dict.fromkeys(ends))
+    return ends + random_archs(space, count - len(ends), rng, set(ends))
+
+
 def _network_runners(space: SearchSpace, archs: Sequence[Sequence[int]], runtime: Runtime, input_size: int,
                      in_channels: int, num_classes: int, seed: int) -> dict[str, Callable[[], Any]]:  # fmt: skip
     """A batch-1 call of each architecture's whole network, built as ``export.py`` exports it, keyed ``net:<arch>``."""
@@ -427,7 +442,7 @@ def build_table(
     nulls = {f"overhead:{'x'.join(map(str, s))}": s for s in shapes}
     for key, shape in nulls.items():
         runners[key] = runtime.runner(_Null(), torch.zeros(1, *shape))
-    archs = random_archs(space, fit_archs, rng)
+    archs = fit_networks(space, fit_archs, rng, CostModel.create(space, input_size, num_classes, in_channels))
     if archs:  # timed in the same rounds as the blocks: the fit relates sums and wholes measured alike
         progress(f"preparing {len(archs)} whole networks for the fit")
         runners.update(_network_runners(space, archs, runtime, input_size, in_channels, num_classes, seed))
