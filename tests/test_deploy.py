@@ -241,6 +241,11 @@ def test_a_table_finds_each_blocks_cost_and_predicts_whole_networks_exactly():
     v = validate_table(table, space, runtime, count=6, seed=1)
     assert v["mdape_percent"] == pytest.approx(0.0, abs=1e-9) and v["kendall_tau"] == pytest.approx(1.0)
     assert {r["arch"] for r in v["rows"]}.isdisjoint(r["arch"] for r in table.fit["rows"])  # not the fit's networks
+    # validate=N: other networks timed in the table's own rounds, none of the fit's
+    with_table = build_table(space, CountingRuntime(), warmup=0, repeats=1, rounds=1, fit_archs=5, validate=4)
+    v = with_table.validation
+    assert v["archs"] == 4 and v["timed"] == "with the table" and v["mdape_percent"] == pytest.approx(0.0, abs=1e-9)
+    assert {r["arch"] for r in v["rows"]}.isdisjoint(r["arch"] for r in with_table.fit["rows"])
 
 
 def test_time_units_takes_the_median_of_repeats_and_rounds():

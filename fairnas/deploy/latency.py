@@ -426,9 +426,16 @@ def build_table(
     rounds: int = 5,
     fit_archs: int = 20,
     seed: int = 0,
+    validate: int = 0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> LatencyTable:
-    """Measures every block of ``space`` on ``runtime`` and fits the sum to ``fit_archs`` whole networks."""
+    """Measures every block of ``space`` on ``runtime`` and fits the sum to ``fit_archs`` whole networks.
+
+    With ``validate`` > 0, that many other random networks (drawn with ``seed + 1``, none of the fit's)
+    are timed whole in the same rounds as the blocks, so that a shared machine's drift between two
+    moments falls on both alike, and compared with the table's prediction (``table.validation``). To
+    check a table at another moment or on another machine, use :func:`validate_table`.
+    """
     input_size = input_size or space.input_size
     in_channels = in_channels or space.in_channels
     num_classes = num_classes or space.num_classes
@@ -443,9 +450,12 @@ def build_table(
     for key, shape in nulls.items():
         runners[key] = runtime.runner(_Null(), torch.zeros(1, *shape))
     archs = fit_networks(space, fit_archs, rng, CostModel.create(space, input_size, num_classes, in_channels))
-    if archs:  # timed in the same rounds as the blocks: the fit relates sums and wholes measured alike
-        progress(f"preparing {len(archs)} whole networks for the fit")
-        runners.update(_network_runners(space, archs, runtime, input_size, in_channels, num_classes, seed))
+    if type(validate) is not int or validate < 0:
+        raise ConfigError(f"validate={validate!r}: give a number of networks >= 0")
+    held_out = random_archs(space, validate, random.Random(seed + 1), set(archs)) if validate else []
+    if archs or held_out:  # timed in the same rounds as the blocks: sums and wholes measured alike
+        progress(f"preparing {len(archs)} whole networks for the fit and {len(held_out)} to validate on")
+        runners.update(_network_runners(space, archs + held_out, runtime, input_size, in_channels, num_classes, seed))
     progress(f"timing {len(runners)} units, {rounds} rounds of {warmup} + {repeats} runs")
     with runtime.session():
         times = time_units(runners, warmup, repeats, rounds, rng, runtime.clock)
@@ -497,6 +507,9 @@ def build_table(
                 for a, s, m in zip(archs, sums, measured, strict=True)
             ],  # fmt: skip
         }
+    if held_out:
+        measured = [times[f"net:{space.format_arch(a)}"] for a in held_out]
+        table.validation = _validation(table, space, held_out, measured, runtime, seed + 1, "with the table")
     return table
 
 
@@ -551,27 +564,39 @@ def mdape(predicted: Sequence[float], measured: Sequence[float]) -> float:
 
 
 def validate_table(table: LatencyTable, space: SearchSpace, runtime: Runtime, count: int = 50, seed: int = 1,
-                   exclude: Sequence[Sequence[int]] = ()) -> dict[str, Any]:  # fmt: skip
-    """Predicted against measured whole-network latency on ``count`` random architectures not used by the fit.
+                   archs: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Predicted against measured whole-network latency, measured now: at another moment than the table, or on
+    another machine of the same kind.
 
-    Returns (and stores in ``table.validation``): the architectures with both numbers, the median absolute
-    percentage error and Kendall's tau of the prediction, and the same for the plain sum of the blocks.
+    Args:
+        archs: The networks to measure (e.g. the table's own validation networks, to see how much a machine
+            drifts between two moments); default: ``count`` random ones (``seed``) not used by the fit.
+
+    Returns (and stores in ``table.validation``) what :func:`build_table` stores for ``validate``.
     """
-    from scipy.stats import kendalltau
-
     c, size, _ = table.signature["input"]
-    used = {tuple(space.parse_arch(a)) for a in exclude} | {
-        tuple(space.parse_arch(r["arch"])) for r in table.fit.get("rows", [])
-    }
-    archs = random_archs(space, count, random.Random(seed), used)
+    if archs is None:
+        used = {tuple(space.parse_arch(r["arch"])) for r in table.fit.get("rows", [])}
+        archs = random_archs(space, count, random.Random(seed), used)
+    archs = [tuple(space.parse_arch(a)) for a in archs]
     s = table.settings
     measured = measure_networks(space, archs, runtime, size, c, table.signature["head"][1], s["warmup"], s["repeats"],
                                 s["rounds"], s["seed"])  # fmt: skip
+    table.validation = _validation(table, space, archs, measured, runtime, seed, "in a session of their own")
+    return table.validation
+
+
+def _validation(table: LatencyTable, space: SearchSpace, archs: Sequence[Sequence[int]], measured: Sequence[float],
+                runtime: Runtime, seed: int, timed: str) -> dict[str, Any]:  # fmt: skip
+    """The prediction's median absolute percentage error and Kendall tau against ``measured``, and the plain sum's."""
+    from scipy.stats import kendalltau
+
     predicted = [table.predict(space, a) for a in archs]
     sums = [table.block_sum(space, a) for a in archs]
-    result = {
+    return {
         "archs": len(archs),
         "seed": seed,
+        "timed": timed,
         "mdape_percent": mdape(predicted, measured),
         "kendall_tau": float(kendalltau(predicted, measured).statistic),
         "sum_only": {
@@ -585,5 +610,3 @@ def validate_table(table: LatencyTable, space: SearchSpace, runtime: Runtime, co
             for a, p, m, t in zip(archs, predicted, measured, sums, strict=True)
         ],  # fmt: skip
     }
-    table.validation = result
-    return result
