@@ -368,6 +368,17 @@ def test_search_py_with_a_latency_table_optimises_and_limits_the_predicted_laten
     from PIL import Image
 
     assert Image.open(limited / "pareto.png").size[0] > 1.5 * Image.open(searched / "search" / "pareto.png").size[0]
+    # a strategy without objectives (random): its front weighs the predicted latency too
+    rand = tmp_path / "random"
+    proc = run_entry("search.py", f"ckpt_path={ckpt}", f"latency_table={path}", "evaluator.bn_batches=2",
+                     "strategy=random", "strategy.num_samples=12", f"hydra.run.dir={rand}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(rand / "evaluated.csv") as f:
+        points = [(float(r["acc1"]), float(r["madds"]), float(r["latency_ms"]), r["arch"]) for r in csv.DictReader(f)]
+    undominated = {p[3] for p in points if not any(q[0] >= p[0] and q[1] <= p[1] and q[2] <= p[2] and q[:3] != p[:3]
+                                                   for q in points)}  # fmt: skip
+    with open(rand / "pareto.csv") as f:
+        assert {r["arch"] for r in csv.DictReader(f)} == undominated
 
 
 def test_search_py_refuses_a_table_it_cannot_use(searched, tmp_path):

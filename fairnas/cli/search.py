@@ -123,6 +123,8 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     retrain = " ".join(["python train.py", *(shlex.quote(o) for o in _retrain_args(cfg, record))])
     limits = {k: strategy_limit(cfg.strategy, k) for k in ("max_madds", "max_params", "max_latency_ms")}
     objectives = list(cfg.strategy.get("objectives", ["madds"]))
+    if latency_table is not None and "latency_ms" not in objectives:  # the front of any strategy weighs latency too
+        objectives.append("latency_ms")
     best = best_of(records, limits)
     if best is None:
         raise ConfigError(f"no evaluated architecture is within the limits {limits}: relax strategy.max_*")
