@@ -118,6 +118,16 @@ def test_custom_kind_trains_through_train_py_from_a_config_dir_outside_the_packa
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val/acc_mean" in (tmp_path / "run" / "results.json").read_text()
+    # search.py in a new interpreter: the checkpoint names the kind, but only the user's allow_blocks imports it
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    search = ["search.py", f"ckpt_path={ckpt}", "strategy=random", "strategy.num_samples=2", "evaluator.bn_batches=1"]
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    proc = run_entry(*search, f"hydra.run.dir={tmp_path / 's1'}", env=env, fresh=True)
+    assert proc.returncode == 2 and "a checkpoint never imports code. If you trust that module, name it: " \
+        "allow_blocks=[custom_blocks.PlainConvBlock]" in proc.stderr, proc.stderr[-3000:]  # fmt: skip
+    proc = run_entry(*search, "allow_blocks=[custom_blocks.PlainConvBlock]", f"hydra.run.dir={tmp_path / 's2'}",
+                     env=env, fresh=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize(

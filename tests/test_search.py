@@ -300,6 +300,24 @@ def test_search_py_builds_nothing_a_checkpoint_names(supernet_run, tmp_path, sch
     assert not marker.exists()
 
 
+def test_a_block_module_a_checkpoint_names_is_never_imported(supernet_run, tmp_path, monkeypatch):
+    """A crafted record names a module of block kinds: search.py and export.py refuse it without importing it."""
+    marker = tmp_path / "imported"
+    (tmp_path / "crafted_blocks.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Block: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable by the programs (forks of this process) if they tried
+    ckpt = torch.load(supernet_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["fairnas"]["search_space"]["blocks"] = ["crafted_blocks.Block"]
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(ckpt, crafted)
+    programs = [("search.py", ["strategy=random", "strategy.num_samples=2"]), ("export.py", ["arch=largest"])]
+    for program, args in programs:
+        proc = run_entry(program, f"ckpt_path={crafted}", *args, f"hydra.run.dir={tmp_path / program}")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert "uses the block kind 'crafted_blocks.Block' of a module of its own, and a checkpoint never imports " \
+            "code" in proc.stderr  # fmt: skip
+        assert not marker.exists()
+
+
 def test_search_py_refuses_a_standalone_checkpoint(tmp_path):
     run = tmp_path / "child"
     assert run_entry(

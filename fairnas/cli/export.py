@@ -36,6 +36,7 @@ def export(cfg: DictConfig) -> dict:
     deployable = network_from_checkpoint(
         cfg.ckpt_path, to_plain(cfg.arch), bn_batches=cfg.bn_batches, calibration_seed=cfg.calibration_seed,
         allow_datasets=list(cfg.allow_datasets or []), input_size=cfg.input_size,
+        allow_blocks=list(cfg.allow_blocks or []),
     )  # fmt: skip
     out_dir = Path(cfg.paths.output_dir)
     report = export_network(

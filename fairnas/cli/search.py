@@ -51,13 +51,14 @@ def search(cfg: DictConfig) -> dict[str, Any]:
             "ckpt_path=<train.py run dir>/checkpoints/last.ckpt"
         )
     spread, device = _launch(cfg)
-    supernet, record = load_supernet(cfg.ckpt_path)
+    allow_blocks = list(cfg.get("allow_blocks") or [])
+    supernet, record = load_supernet(cfg.ckpt_path, allow_blocks)
     supernet.to(device)
     space = supernet.space
     ev = cfg.evaluator
     if cfg.get("dataset") is not None:  # dataset=<name> on the command line: the user's own config
         with open_dict(cfg):
-            cfg.search_space = record.space_shape()  # for ${search_space.*} in dataset configs
+            cfg.search_space = record.space_shape(allow_blocks)  # for ${search_space.*} in dataset configs
             if not select_overrides(HydraConfig.get().overrides.task, ["dataset.seed"]):
                 cfg.dataset.seed = record.seed  # the split the supernet was trained with, not the strategy seed
         dataset_info = OmegaConf.to_container(cfg.dataset, resolve=True)

@@ -19,10 +19,17 @@ from typing import Any
 
 import torch
 
-from fairnas.errors import ArchitectureError, CheckpointError, ConfigError, RunRecordError, SearchSpaceError
+from fairnas.errors import ConfigError
 from fairnas.models import ChildNet, SearchSpace, build_child
 from fairnas.models.bn import bn_layers, recalibrate
-from fairnas.run.checkpoint import file_digest, load_checkpoint, load_supernet, read_record, refuse_nonfinite
+from fairnas.run.checkpoint import (
+    file_digest,
+    load_checkpoint,
+    load_weights,
+    read_record,
+    record_space,
+    supernet_from_checkpoint,
+)
 from fairnas.run.record import RunRecord
 
 log = logging.getLogger("fairnas")
@@ -58,6 +65,7 @@ def network_from_checkpoint(
     calibration_seed: int = 0,
     allow_datasets: Sequence[str] = (),
     input_size: int | None = None,
+    allow_blocks: Sequence[str] = (),
 ) -> Deployable:
     """The network a checkpoint holds (stand-alone run), or the path ``arch`` of a supernet checkpoint.
 
@@ -69,6 +77,8 @@ def network_from_checkpoint(
             ``evaluator.bn_batches``).
         calibration_seed: Which training batches (as ``search.py``'s ``evaluator.calibration_seed``).
         allow_datasets: Datamodule classes from outside fairnas the checkpoint may name.
+        allow_blocks: Block kinds of a module of the user's own the checkpoint's space may use
+            (nothing a checkpoint names is imported otherwise).
         input_size: Height and width of the input (default: the training data's).
 
     Raises:
@@ -80,10 +90,10 @@ def network_from_checkpoint(
     record = read_record(ckpt, path)
     info: dict[str, Any] = {"checkpoint": str(path), "checkpoint_sha256_16": file_digest(path)}
     if record.arch:
-        deployable = _standalone(path, ckpt, record, arch, info)
+        deployable = _standalone(path, ckpt, record, arch, info, allow_blocks)
     else:
-        del ckpt  # load_supernet reads it again, as search.py does
-        deployable = _supernet_path(path, arch, bn_batches, calibration_seed, allow_datasets, info)
+        deployable = _supernet_path(path, ckpt, record, arch, bn_batches, calibration_seed, allow_datasets, info,
+                                    allow_blocks)  # fmt: skip
     if input_size is not None:
         if type(input_size) is not int or input_size < 1:
             raise ConfigError(f"input_size must be a positive whole number of pixels or null, got {input_size!r}")
@@ -91,13 +101,6 @@ def network_from_checkpoint(
         deployable.input_shape = (c, input_size, input_size)
     deployable.net = deployable.net.to(torch.float32, memory_format=torch.contiguous_format).eval()
     return deployable
-
-
-def _space(path: str | Path, record: RunRecord) -> SearchSpace:
-    try:
-        return record.space()
-    except (RunRecordError, SearchSpaceError, ArchitectureError) as err:
-        raise CheckpointError(f"{path} holds an invalid run record ({err})") from None
 
 
 def _data_image_size(record: RunRecord, allow: Sequence[str], space: SearchSpace) -> int:
@@ -111,9 +114,9 @@ def _data_image_size(record: RunRecord, allow: Sequence[str], space: SearchSpace
 
 
 def _standalone(
-    path: str | Path, ckpt: dict[str, Any], record: RunRecord, arch: Any, info: dict[str, Any]
+    path: str | Path, ckpt: dict[str, Any], record: RunRecord, arch: Any, info: dict[str, Any], allow_blocks: Any
 ) -> Deployable:
-    space = _space(path, record)
+    space = record_space(record, path, allow_blocks)
     own = space.parse_arch(record.arch)
     if arch is not None and space.parse_arch(arch) != own:
         raise ConfigError(
@@ -121,12 +124,7 @@ def _standalone(
             "export the network it holds, or give a supernet checkpoint to take another architecture from it"
         )
     net = build_child(space, own, record.num_classes, record.in_channels)
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    refuse_nonfinite(path, state)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match its own architecture {record.arch}: {err}") from None
+    load_weights(net, ckpt, "net.", path, f"its own architecture {record.arch}")
     size = _data_image_size(record, (), space)
     return Deployable(net, space, space.format_arch(own), (record.in_channels, size, size), record.num_classes,
                       "standalone", info)  # fmt: skip
@@ -134,13 +132,16 @@ def _standalone(
 
 def _supernet_path(
     path: str | Path,
+    ckpt: dict[str, Any],
+    record: RunRecord,
     arch: Any,
     bn_batches: int,
     calibration_seed: int,
     allow: Sequence[str],
     info: dict[str, Any],
+    allow_blocks: Sequence[str],
 ) -> Deployable:
-    supernet, record = load_supernet(path)
+    supernet = supernet_from_checkpoint(ckpt, record, path, allow_blocks)
     space = supernet.space
     if arch is None:
         example = space.format_arch((0,) * space.num_layers)

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,7 +30,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fairnas.errors import CheckpointError
-from fairnas.models import Supernet
+from fairnas.models import SearchSpace, Supernet
 from fairnas.models.space import ArchitectureError, SearchSpaceError
 from fairnas.run.record import RunRecord, RunRecordError
 from fairnas.utils.io import write_atomic
@@ -42,6 +43,9 @@ __all__ = [
     "file_digest",
     "load_checkpoint",
     "load_supernet",
+    "load_weights",
+    "record_space",
+    "supernet_from_checkpoint",
     "read_record",
     "refuse_nonfinite",
 ]
@@ -92,27 +96,49 @@ def read_record(ckpt: dict[str, Any], path: str | Path) -> RunRecord:
         ) from None
 
 
-def load_supernet(path: str | Path) -> tuple[Supernet, RunRecord]:
-    """The trained supernet (on the CPU, eval mode) and the run record of a training checkpoint."""
+def load_supernet(path: str | Path, allow_blocks: Sequence[str] = ()) -> tuple[Supernet, RunRecord]:
+    """The trained supernet (on the CPU, eval mode) and the run record of a training checkpoint.
+
+    ``allow_blocks``: block kinds of a user's own module the checkpoint's space may use (see
+    :meth:`RunRecord.space`); nothing a checkpoint names is imported otherwise.
+    """
     ckpt = load_checkpoint(path)
     record = read_record(ckpt, path)
+    return supernet_from_checkpoint(ckpt, record, path, allow_blocks), record
+
+
+def supernet_from_checkpoint(
+    ckpt: dict[str, Any], record: RunRecord, path: str | Path, allow_blocks: Sequence[str] = ()
+) -> Supernet:
+    """The supernet of a checkpoint already read by :func:`load_checkpoint` (on the CPU, eval mode)."""
     if record.arch:
         raise CheckpointError(
             f"{path} holds a stand-alone network (arch={record.arch}), not a supernet: search needs a supernet "
             "checkpoint (train.py without arch=...)"
         )
+    space = record_space(record, path, allow_blocks)
+    supernet = Supernet(space, record.num_classes, record.in_channels)
+    load_weights(supernet, ckpt, "supernet.", path, f"its own search space {space.name!r}")
+    return supernet.eval()
+
+
+def record_space(record: RunRecord, path: str | Path, allow_blocks: Sequence[str] = ()) -> SearchSpace:
+    """The search space of a checkpoint's record; an invalid one is a :class:`CheckpointError` naming the file."""
     try:
-        space = record.space()
+        return record.space(allow_blocks)
     except (RunRecordError, SearchSpaceError, ArchitectureError) as err:
         raise CheckpointError(f"{path} holds an invalid run record ({err})") from None
-    supernet = Supernet(space, record.num_classes, record.in_channels)
-    state = {k.removeprefix("supernet."): v for k, v in ckpt["state_dict"].items() if k.startswith("supernet.")}
+
+
+def load_weights(module: torch.nn.Module, ckpt: dict[str, Any], prefix: str, path: str | Path, what: str) -> None:
+    """Loads the checkpoint's tensors under ``prefix`` into ``module``: refused when not finite, or not ``what``
+    the module is (a :class:`CheckpointError` saying "<path> does not match <what>")."""
+    state = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     refuse_nonfinite(path, state)
     try:
-        supernet.load_state_dict(state)
+        module.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match its own search space {space.name!r}: {err}") from None
-    return supernet.eval(), record
+        raise CheckpointError(f"{path} does not match {what}: {err}") from None
 
 
 def refuse_nonfinite(path: str | Path, state: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from fairnas.data.registry import DATASETS, class_path, datamodule_class, dataset_name
 from fairnas.errors import ConfigError, RunRecordError
+from fairnas.models.registry import import_block, registered_kinds
 from fairnas.models.space import ArchitectureError, SearchSpace, SearchSpaceError
 
 __all__ = [
@@ -202,12 +203,30 @@ class RunRecord:
         return _plain_out(dataclasses.asdict(self))
 
     # ------------------------------------------------------------------ what it describes
-    def space(self) -> SearchSpace:
-        """The search space, parsed from plain fields (no object named in the record is built)."""
+    def space(self, allow_blocks: Sequence[str] = ()) -> SearchSpace:
+        """The search space, parsed from plain fields (no object named in the record is built).
+
+        A space's ``blocks`` (block kinds of a user's own module) are never imported because a record
+        names them: a kind must already be registered in this process, or be named by the user in
+        ``allow_blocks`` (the programs' ``allow_blocks=[...]``), which imports it.
+        """
         accepted = set(inspect.signature(SearchSpace.create).parameters)
         unknown = sorted(set(self.search_space) - accepted)
         if unknown:
             raise RunRecordError(f"search_space has unknown fields {unknown}; known: {sorted(accepted)}")
+        blocks = self.search_space.get("blocks") or []
+        if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+            raise RunRecordError(f"search_space.blocks must be a list of import paths, got {blocks!r}")
+        known = {f"{cls.__module__}.{cls.__qualname__}" for cls in registered_kinds().values()}
+        for path in blocks:
+            if path in known:
+                continue  # its module is imported already: nothing runs
+            if path not in allow_blocks:
+                raise RunRecordError(
+                    f"the search space uses the block kind {path!r} of a module of its own, and a checkpoint never "
+                    f"imports code. If you trust that module, name it: allow_blocks=[{path}]"
+                )
+            import_block(path)
         try:
             return SearchSpace.create(**self.search_space)
         except (SearchSpaceError, ArchitectureError):
@@ -215,9 +234,9 @@ class RunRecord:
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise RunRecordError(f"search_space is not a valid space ({type(err).__name__}: {err})") from None
 
-    def space_shape(self) -> dict[str, int]:
+    def space_shape(self, allow_blocks: Sequence[str] = ()) -> dict[str, int]:
         """The space's nominal input and classes, for ``${search_space.*}`` in dataset configs."""
-        space = self.space()
+        space = self.space(allow_blocks)
         return {"input_size": space.input_size, "in_channels": space.in_channels, "num_classes": space.num_classes}
 
     def retrain_args(self, dataset: str | None = None, task_overrides: Sequence[str] = ()) -> list[str]:
