@@ -217,10 +217,8 @@ def _write_and_run(fmt: str, d: Deployable, inputs: list[Tensor], path: Path, op
         onnx.checker.check_model(model)
         onnx.save(model, str(path))
         session = onnx_session(str(path))
-        import onnxruntime
-
         outputs = [torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]) for x in inputs]
-        return outputs, f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+        return outputs, f"onnxruntime {onnxruntime_module().__version__} (CPUExecutionProvider)"
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     try:
         with torch.no_grad():

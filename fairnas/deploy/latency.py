@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fairnas.analysis.ranking import kendall_tau
+from fairnas.analysis.sampling import extreme_archs
 from fairnas.errors import ConfigError
 from fairnas.models import CostModel, SearchSpace, build_child
 from fairnas.models.blocks import ConvBNAct, Head, init_weights
@@ -386,10 +388,7 @@ def fit_networks(space: SearchSpace, count: int, rng: random.Random, cost: CostM
     well determined but says nothing of the ends; a search's front reaches the ends (its smallest
     networks), so the fit includes them. With ``count`` < 2, random ones only.
     """
-    ends = []
-    if count >= 2:
-        ends = [tuple(pick(range(len(row)), key=row.__getitem__) for row in cost.madds_table) for pick in (min, max)]
-    ends = list(dict.fromkeys(ends))
+    ends = list(dict.fromkeys(extreme_archs(space, cost))) if count >= 2 else []
     return ends + random_archs(space, count - len(ends), rng, set(ends))
 
 
@@ -589,8 +588,6 @@ def validate_table(table: LatencyTable, space: SearchSpace, runtime: Runtime, co
 def _validation(table: LatencyTable, space: SearchSpace, archs: Sequence[Sequence[int]], measured: Sequence[float],
                 runtime: Runtime, seed: int, timed: str) -> dict[str, Any]:  # fmt: skip
     """The prediction's median absolute percentage error and Kendall tau against ``measured``, and the plain sum's."""
-    from scipy.stats import kendalltau
-
     predicted = [table.predict(space, a) for a in archs]
     sums = [table.block_sum(space, a) for a in archs]
     return {
@@ -598,10 +595,10 @@ def _validation(table: LatencyTable, space: SearchSpace, archs: Sequence[Sequenc
         "seed": seed,
         "timed": timed,
         "mdape_percent": mdape(predicted, measured),
-        "kendall_tau": float(kendalltau(predicted, measured).statistic),
+        "kendall_tau": kendall_tau(predicted, measured),
         "sum_only": {
             "mdape_percent": mdape(sums, measured),
-            "kendall_tau": float(kendalltau(sums, measured).statistic),
+            "kendall_tau": kendall_tau(sums, measured),
         },
         "measured_ms": {"min": min(measured), "median": statistics.median(measured), "max": max(measured)},
         "runtime": f"{runtime.name} {runtime.version}",
